@@ -1,0 +1,49 @@
+# Every target that runs Python depends on `install`, so a fresh clone needs one command per job.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Offline-friendly defaults; override on the command line (e.g. `make test HF_HUB_OFFLINE=0`).
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export DS_ACCELERATOR ?= cpu
+export TOKENIZERS_PARALLELISM ?= false
+export MTLLORA_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
+
+format: install
+	$(PY) -m ruff format src tests scripts
+	$(PY) -m ruff check --fix src tests scripts
+
+bench: install
+	$(PY) -m mtllora.bench $(BENCH_ARGS)
+
+tables: install
+	$(PY) -m mtllora.tables
+
+reproduce-glue: install
+	bash scripts/reproduce-glue.sh
+
+reproduce-glue-cpu: install
+	bash scripts/reproduce-glue-cpu.sh
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

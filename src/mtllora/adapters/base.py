@@ -1,0 +1,257 @@
+"""What every adapter method shares: the config, the method registry and the `AdapterLinear` wrapper.
+
+A method is one subclass of `AdapterLinear` in its own file, registered with `@register_method`. The wrapper
+keeps the frozen original `nn.Linear` as `base_layer` and adds the low-rank path on top of its output *in place*
+(`addmm_` into the base output), so no extra full-size activation is created in forward or backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .routing import TaskRouter
+
+METHODS: dict[str, type[AdapterLinear]] = {}
+
+
+def register_method(cls: type[AdapterLinear]) -> type[AdapterLinear]:
+    """Class decorator: makes `cls` available as `AdapterConfig(method=cls.method)`; returns `cls`."""
+    if cls.method in METHODS:
+        raise ValueError(f"adapter method {cls.method!r} is registered twice")
+    METHODS[cls.method] = cls
+    return cls
+
+
+def get_method(name: str) -> type[AdapterLinear]:
+    """Returns the adapter class registered under `name`, or raises naming the known methods."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown adapter method {name!r}; known methods: {sorted(METHODS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """Options of a method that has none beyond r, alpha and dropout."""
+
+
+class AdapterConfig:
+    """Which method to apply where, with which hyper-parameters.
+
+    Common fields are explicit; method-specific ones (e.g. `num_tasks`, `num_up`, `temperature`, `lambda_type`
+    for MTL-LoRA) are keyword options checked by the method's own `Options` dataclass, so adding a method never
+    touches this class.
+
+    `target_modules`: a list of module names, each matching a module path exactly or as its last components
+    (`"q_proj"` matches `model.layers.0.self_attn.q_proj`), or one string taken as a regex that must match the
+    whole path. Only `nn.Linear` modules are adapted.
+    `trainable`: regexes (searched in parameter names) of base-model parameters to train and save alongside the
+    adapters, e.g. task heads, biases or LayerNorms.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        r: int = 8,
+        alpha: float = 16.0,
+        dropout: float = 0.0,
+        target_modules: Sequence[str] | str = ("q_proj", "v_proj"),
+        trainable: Sequence[str] = (),
+        **options: Any,
+    ) -> None:
+        cls = get_method(method)
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+            raise ValueError(f"r must be a positive integer, got {r!r}")
+        if not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not target_modules:
+            raise ValueError("target_modules is empty; name the nn.Linear modules to adapt, e.g. ['q_proj', 'v_proj']")
+        known = {f.name for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for method {method!r}; its options are {sorted(known) or 'none'}"
+            )
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls.Options)
+            if f.name not in options and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise ValueError(f"method {method!r} needs option(s) {missing}")
+        self.method = method
+        self.r = r
+        self.alpha = float(alpha)
+        self.dropout = float(dropout)
+        self.target_modules: list[str] | str = (
+            target_modules if isinstance(target_modules, str) else list(target_modules)
+        )
+        self.trainable = list(trainable)
+        self.options = cls.Options(**options)
+
+    def __getattr__(self, name: str) -> Any:
+        # Method options read like fields: `cfg.num_tasks`. Only reached when normal lookup fails.
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__} has no field or {self.__dict__.get('method')!r} option {name!r}")
+
+    @property
+    def num_tasks(self) -> int | None:
+        """Number of tasks of a task-aware method, else None."""
+        return getattr(self.options, "num_tasks", None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a flat JSON-able dict; `AdapterConfig(**d)` rebuilds an equal config."""
+        return {
+            "method": self.method,
+            "r": self.r,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "trainable": self.trainable,
+            **dataclasses.asdict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AdapterConfig:
+        """Builds a config from a flat mapping (a Hydra node, a JSON dict); lists may be any sequence."""
+        d = dict(d)
+        for key in ("target_modules", "trainable"):
+            if key in d and not isinstance(d[key], str):
+                d[key] = list(d[key])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        """Returns the config as a JSON string (stored in saved adapter files)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AdapterConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"AdapterConfig({fields})"
+
+
+class AdapterLinear(nn.Module):
+    """Base of every adapted linear layer: `base_layer` (frozen original), `scaling = alpha / r`, dropout.
+
+    Subclasses create their `lora_*` parameters in `__init__`, initialise them in `reset_parameters`, and define
+    `forward` and `delta_weight`. Merging adds `delta_weight()` to the frozen weight; methods whose merge is not
+    additive (DoRA) override `merge`/`unmerge`.
+    """
+
+    method: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    task_aware: ClassVar[bool] = False
+
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig, router: TaskRouter, name: str) -> None:
+        super().__init__()
+        if type(base_layer) is not nn.Linear:
+            raise TypeError(f"{name}: {self.method} adapts nn.Linear layers only, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.r = config.r
+        self.alpha = config.alpha
+        self.scaling = config.alpha / config.r
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.options = config.options
+        self.router = router
+        self.name = name
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.options).items())
+        return f"{self.method}: r={self.r}, alpha={self.alpha:g}" + (f", {opts}" if opts else "")
+
+    # --- helpers used by the methods' forward ---------------------------------------------------------------
+
+    def new_parameter(self, *shape: int) -> nn.Parameter:
+        """Returns an uninitialised parameter with the base weight's dtype and device."""
+        weight = self.base_layer.weight
+        return nn.Parameter(torch.empty(*shape, dtype=weight.dtype, device=weight.device))
+
+    def base_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (x as [tokens, in], base output as [tokens, out]); the output is a fresh tensor that the
+        method may update in place (it is not a view, so autograd adds no copy for in-place updates)."""
+        x2d = x.reshape(-1, self.in_features)
+        return x2d, self.base_layer(x2d)
+
+    def lowrank_input(self, x2d: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """Returns dropout(x) @ firstᵀ, the rank-space activations [tokens, rank]."""
+        x2d = self.dropout(x2d)
+        return nn.functional.linear(x2d if x2d.dtype == first.dtype else x2d.to(first.dtype), first)
+
+    @staticmethod
+    def add_up_projection_(out: torch.Tensor, v: torch.Tensor, up: torch.Tensor, alpha: float = 1.0) -> None:
+        """out += alpha · v @ upᵀ, in place (one GEMM with beta=1; no temporary of out's size)."""
+        out.addmm_(v.to(out.dtype), up.to(out.dtype).t(), alpha=alpha)
+
+    def finish(self, out2d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Returns the [tokens, out] result reshaped to x's leading dimensions."""
+        return out2d.view(*x.shape[:-1], self.out_features)
+
+    def task_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the LongTensor [batch] of task ids for the sample rows of x (batch = x.shape[0])."""
+        batch = x.shape[0] if x.dim() > 1 else 1
+        return self.router.task_ids(batch, x.device, self.name, self.method)
+
+    # --- the method's math --------------------------------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        """Initialises the adapter parameters (the method's official init)."""
+        raise NotImplementedError
+
+    def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
+        """Returns the [out, in] weight update this adapter applies (for task `task_id` if task-aware)."""
+        raise NotImplementedError
+
+    def merge(self) -> None:
+        """Folds the adapter into the base weight; the layer then runs at the base layer's speed."""
+        if self.task_aware:
+            raise ValueError(
+                f"{self.name}: {self.method} has a different weight for every task; use merge_task(model, task_id)"
+            )
+        if self.merged:
+            raise ValueError(f"{self.name} is already merged")
+        with torch.no_grad():
+            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Inverse of `merge`: restores the base weight."""
+        if not self.merged:
+            raise ValueError(f"{self.name} is not merged")
+        with torch.no_grad():
+            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+        self.merged = False
+
+    def merged_linear(self, task_id: int | None = None) -> nn.Linear:
+        """Returns a new plain nn.Linear computing this layer for task `task_id` (bias shared by copy)."""
+        if self.merged:
+            raise ValueError(f"{self.name} is merged in place; unmerge it before merge_task")
+        base = self.base_layer
+        merged = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=base.bias is not None,
+            device=base.weight.device,
+            dtype=base.weight.dtype,
+        )
+        with torch.no_grad():
+            merged.weight.copy_(base.weight + self.delta_weight(task_id).to(base.weight.dtype))
+            if base.bias is not None:
+                merged.bias.copy_(base.bias)
+        merged.requires_grad_(False)
+        return merged

@@ -1,0 +1,133 @@
+"""Task ids reach every layer: mixed batches, gradient checkpointing, generate() with beams, nesting."""
+
+import pytest
+import torch
+from torch import nn
+
+from mtllora.adapters import AdapterConfig, apply_adapters, use_tasks
+
+from ..conftest import ALL_METHODS, TASK_AWARE, adapted
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_mixed_batch_equals_each_sample_alone(method, mode):
+    model = adapted(method).train(mode == "train")
+    ids = torch.randint(3, 64, (4, 6))
+    tasks = torch.tensor([2, 0, 1, 2])
+    batch = model(input_ids=ids, task_ids=tasks).logits
+    for b in range(4):
+        alone = model(input_ids=ids[b : b + 1], task_ids=tasks[b : b + 1]).logits
+        torch.testing.assert_close(batch[b : b + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", TASK_AWARE)
+def test_task_ids_change_the_output(method):
+    model = adapted(method)
+    ids = torch.randint(3, 64, (1, 6))
+    a = model(input_ids=ids, task_ids=torch.tensor([0])).logits
+    b = model(input_ids=ids, task_ids=torch.tensor([1])).logits
+    assert (a - b).abs().max() > 1e-3
+
+
+def _grads(model, ids, tasks):
+    model.zero_grad()
+    out = model(input_ids=ids, labels=ids, task_ids=tasks)
+    out.loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", TASK_AWARE)
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(method, use_reentrant):
+    model = adapted(method, dropout=0.1).train()
+    ids = torch.randint(3, 64, (3, 7))
+    tasks = torch.tensor([1, 2, 0])
+    torch.manual_seed(5)
+    plain = _grads(model, ids, tasks)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    torch.manual_seed(5)  # checkpointing restores the RNG state, so the recomputed dropout masks match
+    checkpointed = _grads(model, ids, tasks)
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    # A second forward with other task ids before backward: each recomputation keeps its own ids.
+    model.zero_grad()
+    torch.manual_seed(9)
+    loss_a = model(input_ids=ids, labels=ids, task_ids=tasks).loss
+    loss_b = model(input_ids=ids, labels=ids, task_ids=torch.tensor([0, 0, 0])).loss
+    (loss_a + loss_b).backward()
+    both = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.gradient_checkpointing_disable()
+    model.zero_grad()
+    torch.manual_seed(9)
+    (
+        model(input_ids=ids, labels=ids, task_ids=tasks).loss
+        + model(input_ids=ids, labels=ids, task_ids=torch.tensor([0, 0, 0])).loss
+    ).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(both[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("method", TASK_AWARE)
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_follows_each_samples_task(method, num_beams):
+    model = adapted(method, seed=3)
+    prompts = torch.randint(3, 64, (3, 5))
+    tasks = torch.tensor([2, 0, 1])
+    kwargs = {
+        "max_new_tokens": 6,
+        "min_new_tokens": 6,
+        "num_beams": num_beams,
+        "do_sample": False,
+        "pad_token_id": 0,
+        "num_return_sequences": num_beams,
+    }
+    with use_tasks(model, tasks):
+        together = model.generate(prompts, **kwargs)
+    assert together.shape[0] == 3 * num_beams
+    for b in range(3):
+        with use_tasks(model, tasks[b : b + 1]):
+            alone = model.generate(prompts[b : b + 1], **kwargs)
+        torch.testing.assert_close(together[b * num_beams : (b + 1) * num_beams], alone, rtol=0, atol=0)
+    with use_tasks(model, 1):  # an int puts every sample on that task
+        same_task = model.generate(prompts, **kwargs)
+    with use_tasks(model, torch.tensor([1, 1, 1])):
+        torch.testing.assert_close(same_task, model.generate(prompts, **kwargs), rtol=0, atol=0)
+
+
+def test_forward_keyword_overrides_use_tasks_and_nesting_restores():
+    model = adapted("mtl_lora")
+    ids = torch.randint(3, 64, (2, 4))
+    ref0 = model(input_ids=ids, task_ids=torch.tensor([0, 0])).logits
+    ref2 = model(input_ids=ids, task_ids=torch.tensor([2, 2])).logits
+    with use_tasks(model, 0):
+        torch.testing.assert_close(model(input_ids=ids, task_ids=torch.tensor([2, 2])).logits, ref2)
+        with use_tasks(model, 2):
+            torch.testing.assert_close(model(input_ids=ids).logits, ref2)
+        torch.testing.assert_close(model(input_ids=ids).logits, ref0)
+
+
+class TaskHeads(nn.Module):
+    """A model whose own forward takes task_ids (e.g. one head per task): the router must leave them in."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 6)
+        self.heads = nn.ModuleList(nn.Linear(6, 1) for _ in range(2))
+
+    def forward(self, x, task_ids):
+        h = self.body(x)
+        return torch.stack([self.heads[t](h[i]) for i, t in enumerate(task_ids.tolist())])
+
+
+def test_forward_that_takes_task_ids_still_receives_them():
+    model = apply_adapters(
+        TaskHeads(),
+        AdapterConfig(method="mtl_lora", r=2, target_modules=["body"], num_tasks=2, trainable=["heads"]),
+    )
+    out = model(torch.randn(3, 6), task_ids=torch.tensor([0, 1, 1]))
+    assert out.shape == (3, 1)
+    assert all(p.requires_grad for p in model.heads.parameters())
