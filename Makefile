@@ -26,12 +26,12 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check src tests scripts
-	$(PY) -m ruff format --check src tests scripts
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
 
 format: install
-	$(PY) -m ruff format src tests scripts
-	$(PY) -m ruff check --fix src tests scripts
+	$(PY) -m ruff format src tests
+	$(PY) -m ruff check --fix src tests
 
 bench: install
 	$(PY) -m mtllora.bench $(BENCH_ARGS)
