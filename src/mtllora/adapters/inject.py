@@ -186,11 +186,14 @@ def load_adapter_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
     return model
 
 
-def save_adapter(model: nn.Module, path: str | Path) -> Path:
-    """Writes the adapter state dict to a safetensors file, the config as JSON in its metadata; returns the path."""
+def save_adapter(model: nn.Module, path: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Writes the adapter state dict to a safetensors file, the config as JSON in its metadata; returns the path.
+    `state_dict`: take the values from this full state dict instead of the parameters (DeepSpeed ZeRO-3 gathers
+    partitioned parameters into one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    source = state_dict if state_dict is not None else dict(model.named_parameters())
+    tensors = {k: source[k].detach().contiguous().cpu() for k in _adapter_parameter_names(model)}
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata={CONFIG_METADATA_KEY: get_adapter_config(model).to_json()})
     tmp.replace(path)  # atomic: a reader never sees a half-written file

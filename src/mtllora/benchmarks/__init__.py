@@ -1,0 +1,1 @@
+"""Benchmarks: each plugs into the trainer through the small interface in `base.py`."""

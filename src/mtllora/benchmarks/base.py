@@ -1,0 +1,92 @@
+"""The interface between the trainer and a benchmark, and what benchmarks share (task mixing).
+
+The trainer knows nothing about any benchmark: it instantiates the `benchmark` config node, asks it for a model,
+a training set with a `task_ids` column and a collator, trains, then hands it the trainer to evaluate.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, concatenate_datasets
+from torch import nn
+from transformers import PreTrainedTokenizerBase, Trainer
+
+from ..models import ModelConfig
+
+MIXINGS = ("proportional", "temperature", "uniform")
+
+
+class Benchmark(abc.ABC):
+    """A multi-task benchmark: task i of `tasks` has task id i."""
+
+    name: str
+    tasks: list[str]
+
+    @property
+    def trainable(self) -> list[str]:
+        """Regexes of base-model parameters trained with the adapters (e.g. task heads)."""
+        return []
+
+    @abc.abstractmethod
+    def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+        """Returns (model whose forward takes the collated batch incl. `task_ids`, tokenizer)."""
+
+    @abc.abstractmethod
+    def train_dataset(self, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+        """Returns the tokenised, task-mixed training set; it has a `task_ids` column."""
+
+    @abc.abstractmethod
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """Returns the function that pads a list of examples into a batch."""
+
+    @abc.abstractmethod
+    def evaluate(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict[str, float]]:
+        """Returns {eval set: {metric: value}} computed with the trained model."""
+
+    @abc.abstractmethod
+    def task_score(self, metrics: Mapping[str, float]) -> float:
+        """Returns one number (0–100) for an eval set's metrics, as the benchmark's tables report it."""
+
+    @abc.abstractmethod
+    def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
+        """Returns the benchmark's headline average over the eval sets (its usual convention)."""
+
+
+def mix_tasks(
+    datasets: Sequence[Dataset], strategy: str = "proportional", temperature: float = 2.0, seed: int = 0
+) -> Dataset:
+    """Returns one training set drawn from the per-task sets (same total size as their sum).
+
+    proportional: every example once (the official code concatenates all tasks);
+    temperature: task t gets a share ∝ n_t^(1/T) of the examples (T=1 is proportional, T→∞ uniform);
+    uniform: equal shares. Within a task, examples are taken in a seeded random order, cycling when a task
+    is oversampled. The draw happens once per run; the Trainer shuffles the result every epoch.
+    """
+    if strategy not in MIXINGS:
+        raise ValueError(f"unknown mixing {strategy!r}; expected one of {MIXINGS}")
+    if strategy == "proportional":
+        return concatenate_datasets(list(datasets))
+    if strategy == "temperature" and not temperature > 0:
+        raise ValueError(f"mixing_temperature must be > 0, got {temperature}")
+    sizes = np.array([len(d) for d in datasets], dtype=float)
+    weights = np.ones_like(sizes) if strategy == "uniform" else sizes ** (1.0 / temperature)
+    total = sum(len(d) for d in datasets)
+    counts = _largest_remainder(weights / weights.sum() * total, total)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for dataset, count in zip(datasets, counts, strict=True):
+        order = rng.permutation(len(dataset))
+        parts.append(dataset.select(np.resize(order, count)))
+    return concatenate_datasets(parts)
+
+
+def _largest_remainder(quotas: np.ndarray, total: int) -> list[int]:
+    """Rounds quotas (summing to `total`) to integers with the same sum, largest remainders first."""
+    counts = np.floor(quotas).astype(int)
+    for i in np.argsort(-(quotas - counts))[: total - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()

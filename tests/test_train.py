@@ -1,0 +1,215 @@
+"""The training engine end to end on a tiny encoder and tiny GLUE files: CLI, every method, resume after a
+kill, two DeepSpeed ranks, sweeps, W&B offline, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from mtllora.adapters import load_adapter, read_adapter_config
+from mtllora.train import CONFIG_DIR, last_complete_checkpoint, register_resolvers, resolve_precision, run
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+
+
+def overrides(encoder: Path, glue: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "experiment=glue_ci",
+        f"model.name_or_path={encoder}",
+        f"paths.data_dir={glue}",
+        f"paths.runs_dir={out / 'runs'}",
+        *extra,
+    ]
+
+
+def compose_cfg(args: list[str], output_dir: Path):
+    register_resolvers()
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=[*args, f"paths.output_dir={output_dir}"])
+
+
+def cli(args: list[str], launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [*(launcher or [sys.executable]), *(["-m"] if launcher is None else []), "mtllora.train", *args]
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+METRIC_KEYS = {
+    "benchmark",
+    "profile",
+    "method",
+    "label",
+    "model",
+    "seed",
+    "task_order",
+    "tasks",
+    "task_scores",
+    "average",
+    "params",
+    "train",
+    "peak_memory_mb",
+    "git_commit",
+    "config",
+}
+
+
+def test_cli_run_writes_metrics_and_a_loadable_adapter(tiny_encoder_dir, tiny_glue_dir, tmp_path):
+    result = cli(overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "method=mtl_lora", "seed=3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "glue_ci" / "glue-mtl_lora-tiny-bert-s3"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == METRIC_KEYS
+    assert metrics["task_order"] == ["cola", "sst2", "mrpc", "stsb", "rte"]
+    assert set(metrics["tasks"]["mrpc"]) == {"accuracy", "f1"} and set(metrics["tasks"]["stsb"]) == {
+        "pearson",
+        "spearmanr",
+    }
+    assert metrics["train"]["steps"] == 6 and metrics["seed"] == 3 and metrics["method"] == "mtl_lora"
+    assert metrics["params"]["trainable"] < metrics["params"]["total"]
+    assert metrics["config"]["method"]["adapter"]["num_tasks"] == 5
+    config = read_adapter_config(run_dir / "adapter.safetensors")
+    assert config.method == "mtl_lora" and config.num_tasks == 5 and config.trainable == [r"^heads\."]
+
+
+@pytest.mark.parametrize("method", ["lora", "lora_r16", "dora", "multilora", "moelora", "mtl_lora"])
+def test_every_method_trains_and_reloads_to_the_same_predictions(method, tiny_encoder_dir, tiny_glue_dir, tmp_path):
+    cfg = compose_cfg(overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, f"method={method}"), tmp_path / "run")
+    metrics = run(cfg)
+    assert metrics["label"] == cfg.method.label and 0 <= metrics["tasks"]["rte"]["accuracy"] <= 1
+    # The saved adapter (with the task heads) reloads into a freshly built model with identical outputs.
+    from omegaconf import OmegaConf
+
+    from mtllora.benchmarks.glue import GlueBenchmark
+    from mtllora.models import ModelConfig
+
+    bench = GlueBenchmark(tasks=["cola", "sst2", "mrpc", "stsb", "rte"], data_dir=tiny_glue_dir, max_length=32)
+    model_cfg = ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True))
+    model_a, tokenizer = bench.build_model(model_cfg)
+    model_b, _ = bench.build_model(model_cfg)
+    load_adapter(model_a, tmp_path / "run" / "adapter.safetensors")
+    load_adapter(model_b, tmp_path / "run" / "adapter.safetensors")
+    batch = tokenizer(["a good movie", "the bad plot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = model_a.eval()(**batch, task_ids=torch.tensor([0, 4])).logits
+        b = model_b.eval()(**batch, task_ids=torch.tensor([0, 4])).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resume_after_a_kill_gives_the_same_adapter_weights(tiny_encoder_dir, tiny_glue_dir, tmp_path):
+    base = overrides(
+        tiny_encoder_dir,
+        tiny_glue_dir,
+        tmp_path,
+        "method=mtl_lora",
+        "trainer.max_steps=8",
+        "trainer.save_steps=4",
+        "method.adapter.dropout=0.1",
+    )
+    straight = tmp_path / "straight"
+    run(compose_cfg(base, straight))
+    interrupted = tmp_path / "interrupted"
+    killed = cli(
+        [
+            *base,
+            f"paths.output_dir={interrupted}",
+            "hydra.run.dir=" + str(interrupted),
+            "trainer.callbacks=[{_target_:tests.callbacks.KillAtStep,step:6}]",
+        ]
+    )
+    assert killed.returncode == 137, killed.stderr[-3000:]
+    assert (interrupted / "checkpoint-4" / "COMPLETE").exists() and not (interrupted / "metrics.json").exists()
+    (interrupted / "checkpoint-6").mkdir()  # a checkpoint cut short by the kill: no COMPLETE marker
+    assert last_complete_checkpoint(interrupted) == str(interrupted / "checkpoint-4")
+    metrics = run(compose_cfg([*base, "trainer.resume=true"], interrupted))
+    assert metrics["train"]["resumed_from"] == str(interrupted / "checkpoint-4") and metrics["train"]["steps"] == 8
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight / "adapter.safetensors"), load_file(interrupted / "adapter.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
+def test_two_deepspeed_ranks_stay_in_sync_and_learn(tiny_encoder_dir, tiny_glue_dir, tmp_path):
+    record = tmp_path / "ranks"
+    launcher = [
+        str(Path(sys.executable).with_name("deepspeed")),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29517",
+        "--module",
+    ]
+    result = cli(
+        overrides(
+            tiny_encoder_dir,
+            tiny_glue_dir,
+            tmp_path,
+            "method=mtl_lora",
+            "deepspeed=zero2",
+            "trainer.max_steps=12",
+            f"trainer.callbacks=[{{_target_:tests.callbacks.RecordRank,directory:{record}}}]",
+        ),
+        launcher=launcher,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    weights = [torch.load(record / f"rank{r}.pt") for r in (0, 1)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=0, atol=0, msg=name)
+    for r in (0, 1):
+        before, after = json.loads((record / f"rank{r}.json").read_text())["probe_loss"]
+        assert after < before, (r, before, after)
+    metrics = json.loads(next((tmp_path / "runs").rglob("metrics.json")).read_text())
+    assert metrics["train"]["world_size"] == 2
+
+
+def test_sweep_with_the_submitit_local_launcher(tiny_encoder_dir, tiny_glue_dir, tmp_path):
+    result = cli(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=5",
+            *overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "method=lora,mtl_lora", "trainer.max_steps=2"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = sorted(p.parent.name for p in (tmp_path / "runs").rglob("metrics.json"))
+    assert found == ["glue-lora-tiny-bert-s1", "glue-mtl_lora-tiny-bert-s1"]
+
+
+def test_wandb_logger_runs_offline_without_an_api_key(tiny_encoder_dir, tiny_glue_dir, tmp_path, monkeypatch):
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_cfg(
+        overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "logger=wandb", "trainer.max_steps=2"), tmp_path / "run"
+    )
+    run(cfg)
+    assert os.environ["WANDB_MODE"] == "offline"
+    offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("run-*.wandb"))
+
+
+def test_clear_errors(tiny_encoder_dir, tiny_glue_dir, tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"no folder {missing}/CoLA or {missing}/glue/CoLA"):
+        run(compose_cfg(overrides(tiny_encoder_dir, missing, tmp_path), tmp_path / "a"))
+    with pytest.raises(ValueError, match="unknown GLUE task 'colaa'"):
+        run(
+            compose_cfg(
+                overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "benchmark.tasks=[colaa,rte]"), tmp_path / "b"
+            )
+        )
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="bf16 was requested but this cpu does not support it"):
+        assert resolve_precision(True) == (False, "fp32 (bf16 was requested but this cpu does not support it)")
+    assert resolve_precision("auto") == (False, "fp32")
