@@ -93,9 +93,10 @@ class MTLLoRALinear(AdapterLinear):
         return maps.reshape(lam_t.shape[0], self.r, -1)
 
     def up_concat(self) -> torch.Tensor:
-        """Returns the B_i concatenated along rank, [out, n·r], in the order used by `task_maps`."""
+        """Returns the B_i concatenated along rank, [out, n·r], in the order used by `task_maps` (a transposed
+        view of a row-major [n·r, out] copy, the layout `add_up_projection_` wants)."""
         n, out, r = self.lora_B.shape
-        return self.lora_B.permute(1, 0, 2).reshape(out, n * r)
+        return self.lora_B.transpose(1, 2).reshape(n * r, out).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self.task_ids(x)

@@ -48,10 +48,11 @@ class MultiLoRALinear(AdapterLinear):
         nn.init.zeros_(self.lora_scale)
 
     def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (A as [n·r, in], scaled B as [out, n·r]) with matching rank order."""
+        """Returns (A as [n·r, in], scaled B as [out, n·r]) with matching rank order; B is a transposed view of a
+        row-major [n·r, out] copy, the layout `add_up_projection_` wants."""
         n, out, r = self.lora_B.shape
-        up = (self.lora_B * self.lora_scale.unsqueeze(-1)).permute(1, 0, 2).reshape(out, n * r)
-        return self.lora_A.reshape(n * r, self.in_features), up
+        scaled = self.lora_B * self.lora_scale.unsqueeze(-1)
+        return self.lora_A.reshape(n * r, self.in_features), scaled.transpose(1, 2).reshape(n * r, out).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:

@@ -1,0 +1,5 @@
+"""`python -m mtllora.bench`: see `mtllora.bench.cli`."""
+
+from .cli import main
+
+main()
