@@ -10,9 +10,13 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
-export MTLLORA_DATA_DIR ?= $(abspath ../shared/data)
+# The project machines' read-only benchmark data, when it is there; otherwise data comes from the hub.
+SHARED_DATA := $(wildcard $(abspath ../shared/data))
+ifneq ($(SHARED_DATA),)
+export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
+endif
 
-.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu clean
+.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu sweep-glue-cpu clean
 
 install: $(STAMP)
 
@@ -44,6 +48,9 @@ reproduce-glue: install
 
 reproduce-glue-cpu: install
 	bash scripts/reproduce-glue-cpu.sh
+
+sweep-glue-cpu: install
+	bash scripts/sweep-glue-cpu.sh
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
