@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from mtllora.adapters import TaskIdError
 from mtllora.models import ModelConfig, MultiTaskClassifier
 
 from .conftest import tiny_bert
@@ -73,6 +74,13 @@ def test_absent_tasks_get_zero_not_missing_gradients():
         grads = [p.grad for p in model.heads[task].parameters()]
         assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
     assert all(torch.count_nonzero(p.grad) > 0 for p in model.heads[0].parameters())
+
+
+def test_task_id_out_of_range_names_the_id():
+    batch = _batch()
+    batch["task_ids"] = torch.tensor([0, 1, 3, 1, 0])
+    with pytest.raises(TaskIdError, match=r"task id 3 is out of range: this model has 3 task heads \(valid ids 0..2\)"):
+        _model()(**batch)
 
 
 def test_config_errors():

@@ -150,6 +150,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> Trainin
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
         dataloader_num_workers=t.dataloader_num_workers,
+        train_sampling_strategy=t.train_sampling_strategy,
         deepspeed=ds_config,
         use_cpu=not torch.cuda.is_available(),
         # Task ids and labels must reach the model; the model's forward takes exactly the batch's columns.

@@ -100,12 +100,15 @@ class GlueBenchmark(Benchmark):
         return mix_tasks(per_task, self.mixing, self.mixing_temperature, seed=self.seed)
 
     def eval_datasets(self, tokenizer: PreTrainedTokenizerBase) -> dict[str, tuple[str, Dataset]]:
-        """Returns {eval key (e.g. `mnli_m`): (task, tokenised dev set)} in task order."""
+        """Returns {eval key (e.g. `mnli_m`): (task, tokenised dev set)} in task order. Each set is sorted by
+        length so that batches carry little padding; the metrics do not depend on the order."""
         sets = {}
         for task_id, task in enumerate(self.tasks):
             for key, split in glue_task(task).eval_splits.items():
                 raw = self._load(task, split, self.max_eval_samples, EVAL_SUBSAMPLE_SEED)
-                sets[key] = (task, self._tokenize(raw, tokenizer, task_id))
+                tokenized = self._tokenize(raw, tokenizer, task_id)
+                lengths = [len(ids) for ids in tokenized["input_ids"]]
+                sets[key] = (task, tokenized.select(np.argsort(lengths, kind="stable")))
         return sets
 
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
