@@ -138,16 +138,17 @@ def test_resume_after_a_kill_gives_the_same_adapter_weights(tiny_encoder_dir, ti
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
 
 
-def test_two_deepspeed_ranks_stay_in_sync_and_learn(tiny_encoder_dir, tiny_glue_dir, tmp_path):
+LAUNCHERS = {
+    "deepspeed": ["deepspeed", "--num_gpus", "2", "--master_port", "29517", "--module"],
+    "torchrun": ["torchrun", "--nproc_per_node", "2", "--master_port", "29518", "-m"],
+}
+
+
+@pytest.mark.parametrize("launcher_name", sorted(LAUNCHERS))
+def test_two_ranks_stay_in_sync_and_learn(launcher_name, tiny_encoder_dir, tiny_glue_dir, tmp_path):
     record = tmp_path / "ranks"
-    launcher = [
-        str(Path(sys.executable).with_name("deepspeed")),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        "29517",
-        "--module",
-    ]
+    executable, *arguments = LAUNCHERS[launcher_name]
+    launcher = [str(Path(sys.executable).with_name(executable)), *arguments]
     result = cli(
         overrides(
             tiny_encoder_dir,
