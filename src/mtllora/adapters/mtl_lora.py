@@ -41,9 +41,9 @@ class MTLLoRAOptions:
 class MTLLoRALinear(AdapterLinear):
     """`lora_A` [r, in], `lora_lambda` [T, r, r] or [T, r], `lora_B` [n, out, r], `lora_B_weight` [T, n].
 
-    Forward never builds per-sample [out, r] matrices: z = dropout(x) Aᵀ once; per sample, one small bmm maps z
-    to the n·r-dimensional space where the task's Λ_t and mixing weights p_t (and s) are applied; one GEMM with
-    the n up-projections concatenated along rank adds the result into the base output in place.
+    Forward costs what LoRA's does: z = dropout(x) Aᵀ once, then one batched GEMM adds z U_t into the base
+    output in place, where U_t = s Λ_tᵀ (Σ_i p_ti B_i)ᵀ [r, out] is formed per task (T·r·(n+r)·out flops,
+    independent of the number of tokens) and gathered per sample.
     """
 
     method = "mtl_lora"
@@ -85,26 +85,19 @@ class MTLLoRALinear(AdapterLinear):
         lam = self.lora_lambda
         return lam if lam.dim() == 3 else torch.diag_embed(lam)
 
-    def task_maps(self) -> torch.Tensor:
-        """Returns M [T, r, n·r] with z M_t = s · [p_t1 (Λ_t z), …, p_tn (Λ_t z)] for a row vector z."""
-        lam_t = self.lambdas().transpose(1, 2)  # z Λᵀ = (Λ z)ᵀ
-        p = self.mixing_weights() * self.scaling
-        maps = lam_t.unsqueeze(2) * p[:, None, :, None]  # [T, r, n, r]
-        return maps.reshape(lam_t.shape[0], self.r, -1)
-
-    def up_concat(self) -> torch.Tensor:
-        """Returns the B_i concatenated along rank, [out, n·r], in the order used by `task_maps` (a transposed
-        view of a row-major [n·r, out] copy, the layout `add_up_projection_` wants)."""
-        n, out, r = self.lora_B.shape
-        return self.lora_B.transpose(1, 2).reshape(n * r, out).t()
+    def task_up_projections(self) -> torch.Tensor:
+        """Returns U [T, r, out] with U_t = s · Λ_tᵀ (Σ_i p_ti B_i)ᵀ, so that a sample of task t adds z U_t for its
+        rank-space activations z (row vectors): each task's whole low-rank path after A folded into one rank-r
+        up-projection, stored row-major (the layout in which autograd's gradient of it is a fast zᵀ @ grad)."""
+        mixed_up_t = torch.einsum("tn,nor->tro", self.mixing_weights() * self.scaling, self.lora_B)
+        return torch.bmm(self.lambdas().transpose(1, 2), mixed_up_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self.task_ids(x)
         x2d, out = self.base_forward(x)
         z = self.lowrank_input(x2d, self.lora_A)
-        maps = self.task_maps()[ids].to(z.dtype)  # [batch, r, n·r]
-        v = torch.bmm(z.view(ids.shape[0], -1, self.r), maps)
-        self.add_up_projection_(out, v.view(-1, v.shape[-1]), self.up_concat())
+        up = self.task_up_projections()[ids].to(out.dtype)  # [batch, r, out]: T·r·out work, not tokens·n·r·out
+        out.view(ids.shape[0], -1, self.out_features).baddbmm_(z.to(out.dtype).view(ids.shape[0], -1, self.r), up)
         return self.finish(out, x)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
