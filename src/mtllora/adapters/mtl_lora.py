@@ -97,7 +97,10 @@ class MTLLoRALinear(AdapterLinear):
         x2d, out = self.base_forward(x)
         z = self.lowrank_input(x2d, self.lora_A)
         up = self.task_up_projections()[ids].to(out.dtype)  # [batch, r, out]: T·r·out work, not tokens·n·r·out
-        out.view(ids.shape[0], -1, self.out_features).baddbmm_(z.to(out.dtype).view(ids.shape[0], -1, self.r), up)
+        # Out of place: baddbmm_ on a [batch, tokens, out] view of the output would make autograd copy the whole
+        # output gradient (CopySlices) in backward; this way the base output is freed after the sum.
+        batch = ids.shape[0]
+        out = torch.baddbmm(out.view(batch, -1, self.out_features), z.to(out.dtype).view(batch, -1, self.r), up)
         return self.finish(out, x)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
