@@ -41,8 +41,8 @@ class MTLLoRAOptions:
 class MTLLoRALinear(AdapterLinear):
     """`lora_A` [r, in], `lora_lambda` [T, r, r] or [T, r], `lora_B` [n, out, r], `lora_B_weight` [T, n].
 
-    Forward costs what LoRA's does: z = dropout(x) Aᵀ once, then one batched GEMM adds z U_t into the base
-    output in place, where U_t = s Λ_tᵀ (Σ_i p_ti B_i)ᵀ [r, out] is formed per task (T·r·(n+r)·out flops,
+    Forward costs what LoRA's does: z = dropout(x) Aᵀ once, then one batched GEMM adds z U_t to the base
+    output, where U_t = s Λ_tᵀ (Σ_i p_ti B_i)ᵀ [r, out] is formed per task (T·r·(n+r)·out flops,
     independent of the number of tokens) and gathered per sample.
     """
 
