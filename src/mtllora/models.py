@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .adapters import TaskIdError
+from .adapters import check_task_id_range
 
 POOLINGS = ("cls", "mean")
 HEADS = ("linear", "mlp")
@@ -110,12 +110,7 @@ class MultiTaskClassifier(nn.Module):
     ) -> SequenceClassifierOutput:
         """Logits are [batch, max labels] (a task's first `num_labels[t]` columns; column 0 for regression);
         the loss is each sample's loss under its own task, combined as `loss_balance` says."""
-        bad = (task_ids < 0) | (task_ids >= len(self.heads))
-        if bool(bad.any()):
-            raise TaskIdError(
-                f"task id {int(task_ids[bad][0])} is out of range: this model has {len(self.heads)} task heads"
-                f" (valid ids 0..{len(self.heads) - 1})"
-            )
+        check_task_id_range(task_ids, len(self.heads), f"{len(self.heads)} task heads")
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         pooled = self.pool(hidden, attention_mask)

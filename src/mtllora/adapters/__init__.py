@@ -28,7 +28,7 @@ from .inject import (
     save_adapter,
     unmerge_adapters,
 )
-from .routing import TaskIdError, use_tasks
+from .routing import TaskIdError, check_task_id_range, use_tasks
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -42,6 +42,7 @@ __all__ = [
     "adapter_layers",
     "adapter_state_dict",
     "apply_adapters",
+    "check_task_id_range",
     "count_parameters",
     "get_adapter_config",
     "get_method",

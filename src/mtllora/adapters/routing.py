@@ -24,6 +24,16 @@ class TaskIdError(ValueError):
     """Task ids are missing, malformed or out of range."""
 
 
+def check_task_id_range(task_ids: torch.Tensor, num_tasks: int, owner: str) -> None:
+    """Raises TaskIdError naming the first id outside 0..num_tasks-1; `owner` says what fixes the range (e.g.
+    "num_tasks=8"). Shared by the adapters' router and task-headed models so both report bad ids alike."""
+    bad = (task_ids < 0) | (task_ids >= num_tasks)
+    if bool(bad.any()):
+        raise TaskIdError(
+            f"task id {int(task_ids[bad][0])} is out of range: this model has {owner} (valid ids 0..{num_tasks - 1})"
+        )
+
+
 class TaskRouter:
     """Holds the task ids of the forward in progress (a stack, so nested calls restore the outer ids)."""
 
@@ -48,13 +58,8 @@ class TaskRouter:
         if task_ids.dim() != 1:
             raise TaskIdError(f"task_ids must have shape [batch], got shape {tuple(task_ids.shape)}")
         task_ids = task_ids.long()
-        if self.num_tasks is not None and task_ids.numel():
-            bad = (task_ids < 0) | (task_ids >= self.num_tasks)
-            if bool(bad.any()):
-                raise TaskIdError(
-                    f"task id {int(task_ids[bad][0])} is out of range: this model has num_tasks={self.num_tasks}"
-                    f" (valid ids 0..{self.num_tasks - 1})"
-                )
+        if self.num_tasks is not None:
+            check_task_id_range(task_ids, self.num_tasks, f"num_tasks={self.num_tasks}")
         return task_ids
 
     @contextlib.contextmanager
