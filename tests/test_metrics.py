@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mtllora.metrics import GLUE_TASK_METRICS, glue_average, glue_metrics, task_score
+from mtllora.metrics import GLUE_TASK_METRICS, ConstantPredictionWarning, glue_average, glue_metrics, task_score
 
 # Binary example with TP=4, FN=1, FP=1, TN=2 (positive class 1).
 REFS = [1, 1, 1, 0, 0, 1, 0, 1]
@@ -101,3 +101,10 @@ def test_glue_average_errors():
         glue_average({})
     with pytest.raises(ValueError, match="counted twice"):
         glue_average({"mnli": {"accuracy": 0.8}, "mnli_m": {"accuracy": 0.8}})
+
+
+def test_constant_stsb_prediction_scores_zero_with_a_warning_instead_of_nan():
+    with pytest.warns(ConstantPredictionWarning, match="stsb: pearson is undefined"):
+        metrics = glue_metrics("stsb", [2.5, 2.5, 2.5], [0.0, 2.0, 4.5])
+    assert metrics == {"pearson": 0.0, "spearmanr": 0.0}
+    assert glue_average({"stsb": metrics, "rte": {"accuracy": 0.5}}) == 25.0

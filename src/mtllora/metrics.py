@@ -7,6 +7,7 @@ the paper's tables report (×100).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -34,6 +35,13 @@ GLUE_TASK_METRICS: dict[str, tuple[str, ...]] = {
     "rte": ("accuracy",),
 }
 
+_CORRELATIONS = ("matthews_correlation", "pearson", "spearmanr")
+
+
+class ConstantPredictionWarning(UserWarning):
+    """A correlation metric was undefined (constant predictions or references) and is reported as 0."""
+
+
 # GLUE counts MNLI once: its matched and mismatched evaluations are averaged into one task score.
 _MNLI_PARTS = ("mnli_m", "mnli_mm")
 
@@ -43,7 +51,8 @@ def glue_metrics(task: str, predictions: Sequence | np.ndarray, references: Sequ
 
     `predictions` and `references` are 1-D: class ids, or similarity scores for STS-B. Keys follow HF's GLUE
     metric: matthews_correlation (CoLA); accuracy (SST-2, MNLI, QNLI, RTE, MRPC, QQP); f1 with positive class 1
-    (MRPC, QQP); pearson and spearmanr (STS-B).
+    (MRPC, QQP); pearson and spearmanr (STS-B). A correlation that is undefined (constant predictions) is
+    reported as 0 with a ConstantPredictionWarning.
     """
     if task not in GLUE_TASK_METRICS:
         raise ValueError(f"unknown GLUE task {task!r}; known tasks: {', '.join(GLUE_TASK_METRICS)}")
@@ -57,7 +66,21 @@ def glue_metrics(task: str, predictions: Sequence | np.ndarray, references: Sequ
         raise ValueError(f"{task}: {len(preds)} predictions but {len(refs)} references")
     if len(preds) == 0:
         raise ValueError(f"{task}: no predictions to score")
-    return {name: float(_METRIC_FUNCTIONS[name](refs, preds)) for name in GLUE_TASK_METRICS[task]}
+    results = {}
+    for name in GLUE_TASK_METRICS[task]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's own ConstantInputWarning; ours below says what was done
+            value = float(_METRIC_FUNCTIONS[name](refs, preds))
+        if np.isnan(value) and name in _CORRELATIONS:
+            # A constant prediction has no correlation; 0 ("no better than chance") keeps averages finite.
+            warnings.warn(
+                f"{task}: {name} is undefined because the predictions or references are constant; reported as 0",
+                ConstantPredictionWarning,
+                stacklevel=2,
+            )
+            value = 0.0
+        results[name] = value
+    return results
 
 
 def task_score(metrics: Mapping[str, float]) -> float:

@@ -93,6 +93,22 @@ class MultiTaskClassifier(nn.Module):
         dtype = next(encoder.parameters()).dtype
         self.heads = nn.ModuleList(_head(head, hidden, n, p).to(dtype) for n in self.num_labels)
 
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Checkpoints the encoder's layers (what HF Trainer calls for `gradient_checkpointing=true`); the heads are
+        too small to be worth recomputing."""
+        self.encoder.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+            every_n_layers=every_n_layers,
+            offload=offload,
+        )
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """Whether the encoder recomputes its activations in backward (HF Trainer reads it to configure DDP)."""
+        return self.encoder.is_activation_checkpointing
+
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Returns one vector per sequence: the first token's state, or the mean over real tokens."""
         if self.pooling == "cls":

@@ -30,16 +30,20 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from .adapters import AdapterConfig, apply_adapters, count_parameters, load_adapter_state_dict, save_adapter
 from .benchmarks.base import Benchmark
+from .metrics import ConstantPredictionWarning
 from .models import ModelConfig
+from .rundir import METRICS_FILE, claim_run_dir, hydra_run_suffix, portable_config
 
 ADAPTER_FILE = "adapter.safetensors"
-METRICS_FILE = "metrics.json"
 COMPLETE_MARKER = "COMPLETE"
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def register_resolvers() -> None:
-    """Registers the config resolvers `${len:list}` and `${pypi_model_path:package}` (idempotent)."""
+    """Registers the config resolvers `${len:list}`, `${pypi_model_path:package}` and `${run_suffix:}`
+    (idempotent)."""
+    if not OmegaConf.has_resolver("run_suffix"):
+        OmegaConf.register_new_resolver("run_suffix", hydra_run_suffix)
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda items: len(items))
     if not OmegaConf.has_resolver("pypi_model_path"):
@@ -163,8 +167,8 @@ def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> Trainin
     )
 
 
-def _init_wandb(cfg: DictConfig, output_dir: Path) -> None:
-    """Starts the W&B run (offline unless an API key is configured) with the resolved config."""
+def _init_wandb(cfg: DictConfig, config: dict[str, Any], output_dir: Path) -> None:
+    """Starts the W&B run (offline unless an API key is configured) with the portable resolved config."""
     import wandb
 
     has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _netrc_text()
@@ -176,7 +180,7 @@ def _init_wandb(cfg: DictConfig, output_dir: Path) -> None:
         group=cfg.logger.group,
         name=cfg.run_name,
         tags=list(cfg.logger.tags),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=config,
         dir=str(output_dir),
     )
 
@@ -228,8 +232,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     bf16, precision = resolve_precision(cfg.trainer.bf16)
     args = training_arguments(cfg, output_dir, bf16)
+    config = portable_config(cfg)
+    claim_run_dir(output_dir, config, cfg.trainer.resume, write=args.process_index == 0)
     if cfg.logger.name == "wandb" and args.process_index == 0:
-        _init_wandb(cfg, output_dir)
+        _init_wandb(cfg, config, output_dir)
     callbacks = [_instantiate(c) for c in cfg.trainer.callbacks]
     trainer = AdapterTrainer(
         model=model,
@@ -243,7 +249,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train_output = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - started
 
-    results = benchmark.evaluate(trainer, tokenizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConstantPredictionWarning)
+        results = benchmark.evaluate(trainer, tokenizer)
+    for warning in caught:  # shown as usual, and kept in metrics.json
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     metrics = {
         "benchmark": benchmark.name,
         "profile": cfg.profile,
@@ -261,13 +271,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "samples_per_second": train_output.metrics.get("train_samples_per_second"),
             "steps": train_output.global_step,
             "final_loss": train_output.training_loss,
-            "resumed_from": resume,
+            "resumed_from": Path(resume).name if resume else None,
             "precision": precision,
             "world_size": args.world_size,
         },
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, ConstantPredictionWarning)],
         "peak_memory_mb": _peak_memory_mb(),
         "git_commit": _git_commit(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
     }
     if trainer.is_world_process_zero():
         save_adapter(model, output_dir / ADAPTER_FILE)
