@@ -16,7 +16,7 @@ ifneq ($(SHARED_DATA),)
 export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu sweep-glue-cpu clean
+.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu clean
 
 install: $(STAMP)
 
@@ -48,6 +48,9 @@ reproduce-glue: install
 
 reproduce-glue-cpu: install
 	bash scripts/reproduce-glue-cpu.sh
+
+reproduce-glue-cpu-full: install
+	bash scripts/reproduce-glue-cpu-full.sh
 
 sweep-glue-cpu: install
 	bash scripts/sweep-glue-cpu.sh
