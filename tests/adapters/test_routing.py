@@ -1,10 +1,13 @@
-"""Task ids reach every layer: mixed batches, gradient checkpointing, generate() with beams, nesting."""
+"""Task ids reach every layer: mixed batches, gradient checkpointing, generate() with beams, nesting, threads."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from torch import nn
 
-from mtllora.adapters import AdapterConfig, apply_adapters, use_tasks
+from mtllora.adapters import AdapterConfig, TaskIdError, apply_adapters, use_tasks
 
 from ..conftest import ALL_METHODS, TASK_AWARE, adapted
 
@@ -71,6 +74,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(method, use_reentrant):
             torch.testing.assert_close(both[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_checkpointed_backward_in_another_thread_recomputes_with_the_forwards_ids(use_reentrant):
+    # Autograd may run the recomputation in another thread (its device threads on GPU), where no ids are current.
+    model = adapted("mtl_lora").train()
+    ids = torch.randint(3, 64, (3, 7))
+    tasks = torch.tensor([1, 2, 0])
+    plain = _grads(model, ids, tasks)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids, task_ids=tasks).loss
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(loss.backward).result()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, plain[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("method", TASK_AWARE)
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_follows_each_samples_task(method, num_beams):
@@ -131,3 +151,41 @@ def test_forward_that_takes_task_ids_still_receives_them():
     out = model(torch.randn(3, 6), task_ids=torch.tensor([0, 1, 1]))
     assert out.shape == (3, 1)
     assert all(p.requires_grad for p in model.heads.parameters())
+
+
+@pytest.mark.parametrize("method", TASK_AWARE)
+def test_concurrent_forwards_in_threads_keep_their_own_task_ids(method):
+    # nn.DataParallel replicas and threaded servers run one adapted model (one router) from several threads.
+    model = adapted(method)
+    ids = torch.randint(3, 64, (2, 6))
+    calls = [  # (task ids, passed as the keyword or through use_tasks)
+        (torch.tensor([0, 1]), "keyword"),
+        (torch.tensor([2, 2]), "use_tasks"),
+    ]
+    with torch.no_grad():
+        expected = [model(input_ids=ids, task_ids=tasks).logits for tasks, _ in calls]
+    rounds = 60
+    barrier = threading.Barrier(len(calls), timeout=60)
+
+    def forward(tasks: torch.Tensor, how: str) -> torch.Tensor:
+        with torch.no_grad():
+            if how == "keyword":
+                return model(input_ids=ids, task_ids=tasks).logits
+            with use_tasks(model, tasks):
+                return model(input_ids=ids).logits
+
+    def run(k: int) -> int:
+        wrong = 0
+        for _ in range(rounds):
+            barrier.wait()  # start every round together so that the forwards overlap
+            try:
+                wrong += not torch.equal(forward(*calls[k]), expected[k])
+            except (TaskIdError, IndexError):  # ids missing or popped by the other thread
+                wrong += 1
+        return wrong
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        wrong = list(pool.map(run, range(len(calls))))
+    assert wrong == [0, 0], f"forwards with another thread's task ids, of {rounds} per thread: {wrong}"
+    with pytest.raises(TaskIdError, match="needs task ids"):  # and no thread left ids current here
+        model(input_ids=ids)

@@ -4,6 +4,10 @@ One `TaskRouter` per adapted model. Task ids enter it one way only: as the `task
 forward (a forward pre-hook reads it) or through `use_tasks(model, ids)` for code that cannot pass the keyword,
 such as `generate()`. Every task-aware layer asks the router for the ids of its batch rows.
 
+The ids are per call: the router keeps them in a `contextvars.ContextVar`, so threads that run the same model at
+once (nn.DataParallel replicas, a threaded server) each see the ids of their own forward, and `use_tasks` acts on
+the calling thread only.
+
 Gradient checkpointing re-runs layers during backward, after the forward that set the ids has returned. Hugging
 Face models run that recomputation through a per-layer `_gradient_checkpointing_func`; the router wraps it
 (`TaskAwareCheckpoint`) so the recomputation sees the ids of its own forward, with reentrant and non-reentrant
@@ -13,6 +17,7 @@ checkpointing alike.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 from collections.abc import Iterator, Sequence
 
@@ -34,16 +39,47 @@ def check_task_id_range(task_ids: torch.Tensor, num_tasks: int, owner: str) -> N
         )
 
 
+class _Frame:
+    """Task ids current in one context: (ids [n] or None, may_expand), the frame they replace, and a cache of the
+    ids as each layer asks for them. may_expand lets n ids cover a batch of k·n rows whose rows are grouped by
+    sample (generate() expands beams and return sequences that way)."""
+
+    __slots__ = ("cache", "ids", "may_expand", "outer")
+
+    def __init__(self, ids: torch.Tensor | None, may_expand: bool, outer: _Frame | None) -> None:
+        self.ids = ids
+        self.may_expand = may_expand
+        self.outer = outer
+        self.cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+_NO_IDS = _Frame(None, False, None)
+
+
+def _frame_var() -> contextvars.ContextVar[_Frame]:
+    return contextvars.ContextVar("mtllora_task_ids", default=_NO_IDS)
+
+
 class TaskRouter:
-    """Holds the task ids of the forward in progress (a stack, so nested calls restore the outer ids)."""
+    """Holds the task ids of the forward in progress, per thread and per `contextvars` context.
+
+    The current frame lives in a ContextVar, so forwards running at the same time in different threads
+    (nn.DataParallel replicas, a threaded server) each see their own ids. Frames form a stack within a context:
+    a nested call restores the outer ids when it returns.
+    """
 
     def __init__(self, num_tasks: int | None, checkpoint_modules: Sequence[nn.Module] = ()) -> None:
         self.num_tasks = num_tasks
         self.checkpoint_modules = list(checkpoint_modules)
-        # Each frame: (ids [n] or None, may_expand). may_expand lets n ids cover a batch of k·n rows whose rows
-        # are grouped by sample (generate() expands beams and return sequences that way).
-        self._frames: list[tuple[torch.Tensor | None, bool]] = [(None, False)]
-        self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._current = _frame_var()
+
+    def __getstate__(self) -> dict:
+        # A ContextVar cannot be copied or pickled; a copy of the model (deepcopy, merge_task) gets a fresh one.
+        return {k: v for k, v in self.__dict__.items() if k != "_current"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._current = _frame_var()
 
     def validate(self, task_ids: torch.Tensor | Sequence[int] | int) -> torch.Tensor:
         """Returns task_ids as a 1-D LongTensor after checking type, shape and range (raises TaskIdError)."""
@@ -72,30 +108,29 @@ class TaskRouter:
             self.pop()
 
     def push(self, task_ids: torch.Tensor | None, may_expand: bool) -> None:
-        """Makes `task_ids` current until the matching `pop`."""
-        self._frames.append((task_ids, may_expand))
-        self._cache.clear()
+        """Makes `task_ids` current in this context until the matching `pop`."""
+        self._current.set(_Frame(task_ids, may_expand, self._current.get()))
 
     def pop(self) -> None:
-        """Restores the task ids that were current before the last `push`."""
-        self._frames.pop()
-        self._cache.clear()
+        """Restores the task ids that were current in this context before the last `push`."""
+        self._current.set(self._current.get().outer)
 
     def replace_current(self, task_ids: torch.Tensor | None, may_expand: bool) -> None:
         """Sets the ids of the innermost frame (the one the current forward pushed)."""
-        self._frames[-1] = (task_ids, may_expand)
-        self._cache.clear()
+        self._current.set(_Frame(task_ids, may_expand, self._current.get().outer))
 
     def current(self) -> tuple[torch.Tensor | None, bool]:
-        """Returns the current frame (ids, may_expand)."""
-        return self._frames[-1]
+        """Returns the current frame of this context as (ids, may_expand)."""
+        frame = self._current.get()
+        return frame.ids, frame.may_expand
 
     def task_ids(self, batch: int, device: torch.device, layer: str, method: str) -> torch.Tensor:
         """Returns the task id of each of `batch` sample rows, on `device`; raises if none or mismatched."""
-        cached = self._cache.get((batch, device))
+        frame = self._current.get()
+        cached = frame.cache.get((batch, device))
         if cached is not None:
             return cached
-        ids, may_expand = self._frames[-1]
+        ids, may_expand = frame.ids, frame.may_expand
         if ids is None:
             raise TaskIdError(
                 f"{layer} ({method}) needs task ids: pass task_ids=LongTensor[batch] to the model's forward, or "
@@ -110,7 +145,7 @@ class TaskRouter:
                 )
             ids = ids.repeat_interleave(batch // n)
         ids = ids.to(device, non_blocking=True)
-        self._cache[(batch, device)] = ids
+        frame.cache[(batch, device)] = ids  # every adapted layer of the forward asks; convert and copy once
         return ids
 
     def wrap_checkpointing(self) -> None:
