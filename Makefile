@@ -4,16 +4,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-# Offline-friendly defaults; override on the command line (e.g. `make test HF_HUB_OFFLINE=0`).
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
-export WANDB_MODE ?= offline
-export DS_ACCELERATOR ?= cpu
-export TOKENIZERS_PARALLELISM ?= false
-# The project machines' read-only benchmark data, when it is there; otherwise data comes from the hub.
+# Offline CPU defaults for the targets that run here (tests, CPU profiles, the bench, tables); override on the
+# command line (`make test HF_HUB_OFFLINE=0`). The paper profiles (reproduce-glue) get none of them: they use the
+# real accelerator and the Hugging Face hub, or a complete local copy named by MTLLORA_DATA_DIR.
+CPU_TARGETS := test bench tables reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu
+$(CPU_TARGETS): export HF_HUB_OFFLINE ?= 1
+$(CPU_TARGETS): export HF_DATASETS_OFFLINE ?= 1
+$(CPU_TARGETS): export WANDB_MODE ?= offline
+$(CPU_TARGETS): export DS_ACCELERATOR ?= cpu
+$(CPU_TARGETS): export TOKENIZERS_PARALLELISM ?= false
+# The project machines' read-only benchmark data beside the repository, when it is there.
 SHARED_DATA := $(wildcard $(abspath ../shared/data))
 ifneq ($(SHARED_DATA),)
-export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
+$(CPU_TARGETS): export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
 .PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu clean

@@ -50,3 +50,15 @@ class RecordRank(TrainerCallback):
         rank = args.process_index
         torch.save(adapter_state_dict(model), self.directory / f"rank{rank}.pt")
         (self.directory / f"rank{rank}.json").write_text(json.dumps({"probe_loss": self.losses}))
+
+
+class RecordLosses(TrainerCallback):
+    """Writes the training losses logged at each logging step (rank 0) to `path` as JSON."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if args.process_index == 0:
+            losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+            self.path.write_text(json.dumps(losses))

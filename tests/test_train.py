@@ -210,7 +210,7 @@ def test_wandb_logger_runs_offline_without_an_api_key(tiny_encoder_dir, tiny_glu
 
 def test_clear_errors(tiny_encoder_dir, tiny_glue_dir, tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match=f"no folder {missing}/CoLA or {missing}/glue/CoLA"):
+    with pytest.raises(FileNotFoundError, match=f"lacks 5 file.*: {missing}/CoLA/ \\(or {missing}/glue/CoLA/\\)"):
         run(compose_cfg(overrides(tiny_encoder_dir, missing, tmp_path), tmp_path / "a"))
     with pytest.raises(ValueError, match="unknown GLUE task 'colaa'"):
         run(

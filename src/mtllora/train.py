@@ -16,19 +16,28 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+from accelerate.utils import DeepSpeedSchedulerWrapper
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer import SCHEDULER_NAME
 
-from .adapters import AdapterConfig, apply_adapters, count_parameters, load_adapter_state_dict, save_adapter
+from .adapters import (
+    AdapterConfig,
+    adapter_state_dict,
+    apply_adapters,
+    count_parameters,
+    load_adapter_state_dict,
+    save_adapter,
+)
 from .benchmarks.base import Benchmark
 from .metrics import ConstantPredictionWarning
 from .models import ModelConfig
@@ -62,11 +71,30 @@ def _pypi_model_path(package: str) -> str:
 
 
 class AdapterTrainer(Trainer):
-    """HF Trainer whose checkpoints hold the adapters only (not the frozen base), and count once complete.
+    """HF Trainer whose checkpoints hold the adapters and their optimizer state only (never the frozen base), and
+    count once complete.
 
-    A checkpoint directory gets a COMPLETE marker after every rank has written its part; resuming picks the last
-    complete one, so a process killed mid-save never leaves a checkpoint that resume would trust.
+    Under DeepSpeed the saved adapter values are the optimizer's fp32 master copies, gathered across ranks (ZeRO-3
+    partitions them), and DeepSpeed's own checkpoint leaves frozen parameters out (HF does that for PEFT models
+    only, so a LLaMA-7B checkpoint would otherwise carry 13 GB of base weights). A checkpoint directory gets a
+    COMPLETE marker after every rank has written its part; resuming picks the last complete one, so a process
+    killed mid-save never leaves a checkpoint that resume would trust.
     """
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """Returns {name: full value} of every trained parameter (fp32 masters under DeepSpeed). Under DeepSpeed
+        this gathers across ranks: every rank must call it."""
+        tensors = adapter_state_dict(self.model)
+        if not self.is_deepspeed_enabled:
+            return tensors
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        params = dict(self.model.named_parameters())
+        full = {name: safe_get_full_fp32_param(params[name]) for name in tensors}
+        return {name: tensors[name] if value is None else value for name, value in full.items()}
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        self._save(output_dir, state_dict=self.adapter_tensors())
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
@@ -76,8 +104,32 @@ class AdapterTrainer(Trainer):
         save_adapter(self.model, output_dir / ADAPTER_FILE, state_dict=state_dict)
         torch.save(self.args, output_dir / "training_args.bin")
 
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_deepspeed_enabled:
+            super()._save_optimizer_and_scheduler(output_dir)
+            return
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         load_adapter_state_dict(self.model, load_file(str(Path(resume_from_checkpoint) / ADAPTER_FILE)))
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        if not (self.is_deepspeed_enabled and resume_from_checkpoint):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        # HF loads a DeepSpeed checkpoint strictly unless the model is a PEFT model; ours holds the trained
+        # parameters only, so load it here, non-strictly, after checking that it holds exactly those.
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        _check_deepspeed_checkpoint(resume_from_checkpoint, adapter_state_dict(self.model).keys())
+        load_path, _ = self.model_wrapped.load_checkpoint(
+            resume_from_checkpoint, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise ValueError(f"DeepSpeed could not resume from {resume_from_checkpoint}")
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return model, train_dataloader
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
@@ -87,6 +139,20 @@ class AdapterTrainer(Trainer):
             tmp = folder / (COMPLETE_MARKER + ".tmp")
             tmp.write_text(str(self.state.global_step))
             tmp.replace(folder / COMPLETE_MARKER)
+
+
+def _check_deepspeed_checkpoint(checkpoint: str, expected: Iterable[str]) -> None:
+    """Raises naming the difference when a DeepSpeed checkpoint's module states are not exactly `expected`."""
+    states = sorted(Path(checkpoint).glob("global_step*/mp_rank_00_model_states.pt"))
+    if not states:
+        raise ValueError(f"{checkpoint} holds no DeepSpeed checkpoint (global_step*/mp_rank_00_model_states.pt)")
+    saved = set(torch.load(states[-1], map_location="cpu", weights_only=False)["module"])
+    missing, unexpected = sorted(set(expected) - saved), sorted(saved - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{states[-1]} does not hold this model's trained parameters: {len(missing)} missing (e.g. "
+            f"{missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
@@ -280,8 +346,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "config": config,
     }
+    trained = trainer.adapter_tensors()  # on every rank: under DeepSpeed this gathers
     if trainer.is_world_process_zero():
-        save_adapter(model, output_dir / ADAPTER_FILE)
+        save_adapter(model, output_dir / ADAPTER_FILE, state_dict=trained)
         tmp = output_dir / (METRICS_FILE + ".tmp")
         tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         tmp.replace(output_dir / METRICS_FILE)

@@ -449,3 +449,20 @@ def test_real_glue_files() -> None:
     qqp = load_glue_split("qqp", "train", root, task_dir="QQP/k-shot/16-42")
     assert Counter(qqp["label"][:]) == {0: 16, 1: 16}
     assert qqp[0]["text_a"] == "Why do some people think that having a baby is a blessing?"
+
+
+def test_an_incomplete_local_copy_fails_before_training_naming_every_missing_file(tmp_path):
+    from mtllora.benchmarks.glue import GlueBenchmark
+
+    from ..conftest import write_tiny_glue
+
+    write_tiny_glue(tmp_path)  # CoLA, SST-2, MRPC, STS-B, RTE
+    (tmp_path / "RTE" / "dev.tsv").unlink()
+    GlueBenchmark(tasks=["cola", "sst2"], data_dir=tmp_path)  # complete for these tasks
+    with pytest.raises(FileNotFoundError) as err:
+        GlueBenchmark(tasks=["cola", "qqp", "mnli", "rte"], data_dir=tmp_path)
+    message = str(err.value)
+    assert "lacks 3 file(s)" in message
+    for missing in (f"{tmp_path}/QQP/", f"{tmp_path}/MNLI/", f"{tmp_path}/RTE/dev.tsv"):
+        assert missing in message
+    assert "paths.data_dir=null" in message

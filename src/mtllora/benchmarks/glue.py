@@ -14,7 +14,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, Train
 from ..metrics import glue_average, glue_metrics, task_score
 from ..models import ModelConfig, MultiTaskClassifier, load_encoder, load_tokenizer
 from .base import Benchmark, mix_tasks
-from .glue_data import GLUE_TASKS, glue_task, load_glue_split
+from .glue_data import GLUE_TASKS, glue_task, load_glue_split, missing_glue_files
 
 # Evaluation subsets are drawn with a fixed seed so that every run (method, seed) is scored on the same rows.
 EVAL_SUBSAMPLE_SEED = 0
@@ -47,6 +47,13 @@ class GlueBenchmark(Benchmark):
             unknown = sorted(set(mapping) - set(self.tasks))
             if unknown:
                 raise ValueError(f"{mapping_name} names task(s) {unknown} that are not in tasks {self.tasks}")
+        if data_dir is not None and (missing := missing_glue_files(self.tasks, data_dir, task_dirs)):
+            raise FileNotFoundError(
+                f"the local GLUE copy data_dir={data_dir} lacks {len(missing)} file(s) of tasks {self.tasks}: "
+                f"{', '.join(missing)}. Complete it (GLUE download script layout <TASK>/train.tsv, dev.tsv; MNLI "
+                f"dev_matched.tsv, dev_mismatched.tsv), choose tasks it has (benchmark.tasks=[...]), or load from the "
+                f"Hugging Face hub with paths.data_dir=null (unset MTLLORA_DATA_DIR)."
+            )
         self.data_dir = data_dir
         self.task_dirs = dict(task_dirs or {})
         self.max_length = max_length

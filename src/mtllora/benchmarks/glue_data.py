@@ -12,6 +12,7 @@ text contains unbalanced quotes), and any malformed line is an error naming the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,6 +267,26 @@ def _read_tsv(spec: _TaskSpec, path: Path) -> dict[str, list]:
         rows["label"].append(_parse_label(spec, fields[col_label], f"{path}:{number}"))
         rows["idx"].append(idx)
     return rows
+
+
+def missing_glue_files(
+    tasks: Sequence[str], data_dir: str | Path, task_dirs: Mapping[str, str] | None = None
+) -> list[str]:
+    """Returns the train/dev files (or task folders) of `tasks` that a local GLUE copy lacks, so that a run can
+    name them all before it starts instead of failing on the first one after loading the model."""
+    missing = []
+    for task in tasks:
+        spec = _task_spec(task)
+        try:
+            folder = _task_directory(spec, Path(data_dir).expanduser(), (task_dirs or {}).get(task))
+        except FileNotFoundError:
+            relative = (task_dirs or {}).get(task) or spec.task.directory
+            missing.append(f"{Path(data_dir) / relative}/ (or {Path(data_dir) / 'glue' / relative}/)")
+            continue
+        for split in ("train", *spec.task.eval_splits.values()):
+            if not (folder / _TSV_FILES[split]).is_file():
+                missing.append(str(folder / _TSV_FILES[split]))
+    return missing
 
 
 def load_glue_split(
