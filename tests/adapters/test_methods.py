@@ -100,9 +100,11 @@ def test_mtl_lora_initialisation_is_official():
     assert diag.lora_lambda.shape == (2, 8) and torch.all(diag.lora_lambda == 1)
 
 
-def test_mixing_softmax_runs_in_fp32_for_bf16_models():
+def test_mixing_softmax_runs_in_fp32_for_bf16_adapters():
+    # Adapters in the bf16 base dtype (by default they are fp32, see test_dtypes.py): the softmax still runs in fp32.
     model = apply_adapters(
-        OneLinear().to(torch.bfloat16), AdapterConfig(method="mtl_lora", target_modules=["proj"], num_tasks=2)
+        OneLinear().to(torch.bfloat16),
+        AdapterConfig(method="mtl_lora", target_modules=["proj"], num_tasks=2, adapter_dtype="base"),
     )
     layer = model.proj
     with torch.no_grad():

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .routing import TaskRouter
 
 METHODS: dict[str, type[AdapterLinear]] = {}
+ADAPTER_DTYPES = ("float32", "base", None)
 
 
 def register_method(cls: type[AdapterLinear]) -> type[AdapterLinear]:
@@ -54,6 +55,10 @@ class AdapterConfig:
     whole path. Only `nn.Linear` modules are adapted.
     `trainable`: regexes (searched in parameter names) of base-model parameters to train and save alongside the
     adapters, e.g. task heads, biases or LayerNorms.
+    `adapter_dtype`: "float32" (default) keeps the adapter parameters in fp32, or in the base weight's dtype when
+    that is wider (fp64), as PEFT's `autocast_adapter_dtype`: in a bf16/fp16 model without fp32 master weights an
+    optimizer step of ~lr would round away on Λ's unit diagonal or DoRA's magnitude. "base" (or None) uses the
+    base weight's dtype. Either way forward computes in the activations' dtype (the adapter weights are cast to it).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class AdapterConfig:
         dropout: float = 0.0,
         target_modules: Sequence[str] | str = ("q_proj", "v_proj"),
         trainable: Sequence[str] = (),
+        adapter_dtype: str | None = "float32",
         **options: Any,
     ) -> None:
         cls = get_method(method)
@@ -73,6 +79,8 @@ class AdapterConfig:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if adapter_dtype not in ADAPTER_DTYPES:
+            raise ValueError(f"adapter_dtype must be one of {ADAPTER_DTYPES}, got {adapter_dtype!r}")
         if not target_modules:
             raise ValueError("target_modules is empty; name the nn.Linear modules to adapt, e.g. ['q_proj', 'v_proj']")
         known = {f.name for f in dataclasses.fields(cls.Options)}
@@ -96,6 +104,7 @@ class AdapterConfig:
             target_modules if isinstance(target_modules, str) else list(target_modules)
         )
         self.trainable = list(trainable)
+        self.adapter_dtype = "base" if adapter_dtype is None else adapter_dtype
         self.options = cls.Options(**options)
 
     def __getattr__(self, name: str) -> Any:
@@ -104,6 +113,10 @@ class AdapterConfig:
         if options is not None and name in {f.name for f in dataclasses.fields(options)}:
             return getattr(options, name)
         raise AttributeError(f"{type(self).__name__} has no field or {self.__dict__.get('method')!r} option {name!r}")
+
+    def parameter_dtype(self, base_dtype: torch.dtype) -> torch.dtype:
+        """Returns the dtype of the adapter parameters of a layer whose base weight has `base_dtype`."""
+        return base_dtype if self.adapter_dtype == "base" else torch.promote_types(base_dtype, torch.float32)
 
     @property
     def num_tasks(self) -> int | None:
@@ -119,6 +132,7 @@ class AdapterConfig:
             "dropout": self.dropout,
             "target_modules": self.target_modules,
             "trainable": self.trainable,
+            "adapter_dtype": self.adapter_dtype,
             **dataclasses.asdict(self.options),
         }
 
@@ -167,6 +181,7 @@ class AdapterLinear(nn.Module):
         self.scaling = config.alpha / config.r
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.options = config.options
+        self.parameter_dtype = config.parameter_dtype(base_layer.weight.dtype)
         self.router = router
         self.name = name
         self.merged = False
@@ -178,9 +193,9 @@ class AdapterLinear(nn.Module):
     # --- helpers used by the methods' forward ---------------------------------------------------------------
 
     def new_parameter(self, *shape: int) -> nn.Parameter:
-        """Returns an uninitialised parameter with the base weight's dtype and device."""
-        weight = self.base_layer.weight
-        return nn.Parameter(torch.empty(*shape, dtype=weight.dtype, device=weight.device))
+        """Returns an uninitialised parameter in the adapter dtype (see `AdapterConfig.adapter_dtype`), on the base
+        weight's device."""
+        return nn.Parameter(torch.empty(*shape, dtype=self.parameter_dtype, device=self.base_layer.weight.device))
 
     def base_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (x as [tokens, in], base output as [tokens, out]); the output is a fresh tensor that the
@@ -189,9 +204,8 @@ class AdapterLinear(nn.Module):
         return x2d, self.base_layer(x2d)
 
     def lowrank_input(self, x2d: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        """Returns dropout(x) @ firstᵀ, the rank-space activations [tokens, rank]."""
-        x2d = self.dropout(x2d)
-        return nn.functional.linear(x2d if x2d.dtype == first.dtype else x2d.to(first.dtype), first)
+        """Returns dropout(x) @ firstᵀ, the rank-space activations [tokens, rank], in x's dtype."""
+        return nn.functional.linear(self.dropout(x2d), first.to(x2d.dtype))
 
     @staticmethod
     def add_up_projection_(out: torch.Tensor, v: torch.Tensor, up: torch.Tensor, alpha: float = 1.0) -> None:

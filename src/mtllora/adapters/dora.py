@@ -74,7 +74,7 @@ class DoRALinear(AdapterLinear):
             return self.base_layer(x)
         x2d, out = self.base_forward(x)
         x_d = self.dropout(x2d)
-        z = F.linear(x_d.to(self.lora_A.dtype), self.lora_A)
+        z = F.linear(x_d, self.lora_A.to(x_d.dtype))
         g = (self.lora_magnitude / self.weight_norm()).to(out.dtype)
         bias = self.base_layer.bias
         if isinstance(self.dropout, nn.Identity) or not self.training:
