@@ -62,3 +62,21 @@ class RecordLosses(TrainerCallback):
         if args.process_index == 0:
             losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
             self.path.write_text(json.dumps(losses))
+
+
+class RecordLogits(TrainerCallback):
+    """Saves the first training batch and the trained model's eval-mode logits on it to `path` (torch.save)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.batch = {k: v for k, v in next(iter(train_dataloader)).items() if k != "labels"}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = model(**self.batch).logits
+        model.train(was_training)
+        torch.save({"batch": self.batch, "logits": logits}, self.path)
