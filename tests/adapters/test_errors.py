@@ -42,10 +42,17 @@ def test_moelora_rank_must_split_across_experts():
         apply_adapters(tiny_llama(), make_config("moelora", r=6))
 
 
-def test_target_modules_matching_nothing_lists_linear_names():
-    with pytest.raises(ValueError, match=r"target_modules \['query'\] matched no nn.Linear") as err:
+def test_target_modules_matching_nothing_lists_adaptable_names():
+    with pytest.raises(ValueError, match=r"target_modules \['query'\] matched no adaptable layer") as err:
         apply_adapters(tiny_llama(), make_config("lora", target_modules=["q_proj", "query"]))
     assert "q_proj" in str(err.value) and "down_proj" in str(err.value)
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "embed_tokens"], r"model\.embed_tokens"])
+def test_target_of_another_type_says_which_types_are_adaptable(targets):
+    message = r"matched no adaptable layer \(nn.Linear or transformers' Conv1D\).*model.embed_tokens \(Embedding\)"
+    with pytest.raises(ValueError, match=message):
+        apply_adapters(tiny_llama(), make_config("lora", target_modules=targets))
 
 
 def test_regex_target_and_trainable_pattern():

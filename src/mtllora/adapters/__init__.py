@@ -1,4 +1,5 @@
-"""Adapter library: LoRA, DoRA, MultiLoRA, MoELoRA and MTL-LoRA for any torch model's nn.Linear layers.
+"""Adapter library: LoRA, DoRA, MultiLoRA, MoELoRA and MTL-LoRA for any torch model's nn.Linear layers (and the
+Conv1D layers of Hugging Face's GPT-2 family).
 
     cfg = AdapterConfig(method="mtl_lora", r=8, alpha=16, target_modules=["q_proj", "v_proj"], num_tasks=8)
     model = apply_adapters(model, cfg)

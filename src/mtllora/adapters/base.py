@@ -7,6 +7,7 @@ keeps the frozen original `nn.Linear` as `base_layer` and adds the low-rank path
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -14,12 +15,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 if TYPE_CHECKING:
     from .routing import TaskRouter
 
 METHODS: dict[str, type[AdapterLinear]] = {}
 ADAPTER_DTYPES = ("float32", "base", None)
+# Layers an adapter can wrap (exact types): nn.Linear (weight [out, in]) and Hugging Face's Conv1D of the GPT-2
+# family (weight [in, out], forward x @ W + b).
+ADAPTABLE_TYPES = (nn.Linear, Conv1D)
+ADAPTABLE_NAMES = "nn.Linear or transformers' Conv1D"
+
+
+def weight_out_in(layer: nn.Module) -> torch.Tensor:
+    """Returns the weight of an adaptable layer as [out, in]: the weight itself, or a transposed view for Conv1D
+    (writing into it updates the layer)."""
+    return layer.weight.t() if type(layer) is Conv1D else layer.weight
 
 
 def register_method(cls: type[AdapterLinear]) -> type[AdapterLinear]:
@@ -52,7 +64,7 @@ class AdapterConfig:
 
     `target_modules`: a list of module names, each matching a module path exactly or as its last components
     (`"q_proj"` matches `model.layers.0.self_attn.q_proj`), or one string taken as a regex that must match the
-    whole path. Only `nn.Linear` modules are adapted.
+    whole path. Only nn.Linear and transformers' Conv1D (GPT-2 family) modules are adapted.
     `trainable`: regexes (searched in parameter names) of base-model parameters to train and save alongside the
     adapters, e.g. task heads, biases or LayerNorms.
     `adapter_dtype`: "float32" (default) keeps the adapter parameters in fp32, or in the base weight's dtype when
@@ -82,7 +94,7 @@ class AdapterConfig:
         if adapter_dtype not in ADAPTER_DTYPES:
             raise ValueError(f"adapter_dtype must be one of {ADAPTER_DTYPES}, got {adapter_dtype!r}")
         if not target_modules:
-            raise ValueError("target_modules is empty; name the nn.Linear modules to adapt, e.g. ['q_proj', 'v_proj']")
+            raise ValueError("target_modules is empty; name the layers to adapt, e.g. ['q_proj', 'v_proj']")
         known = {f.name for f in dataclasses.fields(cls.Options)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -169,13 +181,14 @@ class AdapterLinear(nn.Module):
     Options: ClassVar[type] = NoOptions
     task_aware: ClassVar[bool] = False
 
-    def __init__(self, base_layer: nn.Linear, config: AdapterConfig, router: TaskRouter, name: str) -> None:
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, router: TaskRouter, name: str) -> None:
         super().__init__()
-        if type(base_layer) is not nn.Linear:
-            raise TypeError(f"{name}: {self.method} adapts nn.Linear layers only, got {type(base_layer).__name__}")
+        if type(base_layer) not in ADAPTABLE_TYPES:
+            raise TypeError(
+                f"{name}: {self.method} adapts {ADAPTABLE_NAMES} layers only, got {type(base_layer).__name__}"
+            )
         self.base_layer = base_layer
-        self.in_features = base_layer.in_features
-        self.out_features = base_layer.out_features
+        self.out_features, self.in_features = weight_out_in(base_layer).shape
         self.r = config.r
         self.alpha = config.alpha
         self.scaling = config.alpha / config.r
@@ -191,6 +204,10 @@ class AdapterLinear(nn.Module):
         return f"{self.method}: r={self.r}, alpha={self.alpha:g}" + (f", {opts}" if opts else "")
 
     # --- helpers used by the methods' forward ---------------------------------------------------------------
+
+    def base_weight(self) -> torch.Tensor:
+        """Returns the frozen base weight as [out, in] (a transposed view for Conv1D)."""
+        return weight_out_in(self.base_layer)
 
     def new_parameter(self, *shape: int) -> nn.Parameter:
         """Returns an uninitialised parameter in the adapter dtype (see `AdapterConfig.adapter_dtype`), on the base
@@ -244,7 +261,8 @@ class AdapterLinear(nn.Module):
         if self.merged:
             raise ValueError(f"{self.name} is already merged")
         with torch.no_grad():
-            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            weight = self.base_weight()
+            weight += self.delta_weight().to(weight.dtype)
         self.merged = True
 
     def unmerge(self) -> None:
@@ -252,24 +270,17 @@ class AdapterLinear(nn.Module):
         if not self.merged:
             raise ValueError(f"{self.name} is not merged")
         with torch.no_grad():
-            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+            weight = self.base_weight()
+            weight -= self.delta_weight().to(weight.dtype)
         self.merged = False
 
-    def merged_linear(self, task_id: int | None = None) -> nn.Linear:
-        """Returns a new plain nn.Linear computing this layer for task `task_id` (bias shared by copy)."""
+    def merged_linear(self, task_id: int | None = None) -> nn.Module:
+        """Returns a new layer of the base layer's type (nn.Linear or Conv1D, so that a merged model keeps its
+        architecture and checkpoint layout) computing this layer for task `task_id`; frozen, bias copied."""
         if self.merged:
             raise ValueError(f"{self.name} is merged in place; unmerge it before merge_task")
-        base = self.base_layer
-        merged = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=base.bias is not None,
-            device=base.weight.device,
-            dtype=base.weight.dtype,
-        )
+        merged = copy.deepcopy(self.base_layer).requires_grad_(False)
         with torch.no_grad():
-            merged.weight.copy_(base.weight + self.delta_weight(task_id).to(base.weight.dtype))
-            if base.bias is not None:
-                merged.bias.copy_(base.bias)
-        merged.requires_grad_(False)
+            weight = weight_out_in(merged)
+            weight += self.delta_weight(task_id).to(weight.dtype)
         return merged

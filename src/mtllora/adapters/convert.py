@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .inject import get_adapter_config, load_adapter_state_dict
+from .base import Conv1D
+from .inject import adapter_layers, get_adapter_config, load_adapter_state_dict
 
 # Official mLoRALinear parameter -> ours. Shapes: lora_A [1, r, in] -> [r, in]; the others are unchanged
 # (the official forward computes z Λᵀ, i.e. Λ A x, the same convention as ours).
@@ -106,6 +107,7 @@ def save_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: 
         lora_dropout=config.dropout,
         target_modules=config.target_modules,
         use_dora=config.method == "dora",
+        fan_in_fan_out=all(type(layer.base_layer) is Conv1D for _, layer in adapter_layers(model)),  # GPT-2 family
         bias="none",
         base_model_name_or_path=base_model_name_or_path,
     )

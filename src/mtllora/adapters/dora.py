@@ -45,12 +45,12 @@ class DoRALinear(AdapterLinear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
         with torch.no_grad():
-            weight = self.base_layer.weight
+            weight = self.base_weight()
             self.lora_magnitude.copy_(torch.linalg.norm(weight.to(_norm_dtype(weight)), dim=1))
 
     def _weight_sq_norm(self) -> torch.Tensor:
         """Returns ‖W‖² per row (at least fp32), recomputed only when W changes (new storage or in-place update)."""
-        weight = self.base_layer.weight
+        weight = self.base_weight()
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
         if self._weight_sq_norm_cache is None or self._weight_sq_norm_cache[0] != key:
             with torch.no_grad():
@@ -61,7 +61,7 @@ class DoRALinear(AdapterLinear):
     def weight_norm(self) -> torch.Tensor:
         """Returns ‖W + s·B A‖ per row (at least fp32; detached, as in DoRA's norm-detach trick)."""
         with torch.no_grad():
-            weight = self.base_layer.weight
+            weight = self.base_weight()
             dtype = _norm_dtype(weight)
             a, b, s = self.lora_A.to(dtype), self.lora_B.to(dtype), self.scaling
             wa = (weight @ self.lora_A.t().to(weight.dtype)).to(dtype)  # [out, r]
@@ -85,7 +85,7 @@ class DoRALinear(AdapterLinear):
             out = out * g if bias is None else torch.addcmul(bias, out, g)
         else:
             # (W x + b − W x_d) + g ⊙ (W x_d + s·B A x_d)
-            wx_d = F.linear(x_d, self.base_layer.weight)
+            wx_d = F.linear(x_d, self.base_weight())
             out.sub_(wx_d)
             self.add_up_projection_(wx_d, z, self.lora_B, alpha=self.scaling)
             out = torch.addcmul(out, wx_d, g)
@@ -93,13 +93,13 @@ class DoRALinear(AdapterLinear):
 
     def _direction(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (V = W + s·B A, g = m / ‖V‖) computed directly, for merging."""
-        weight = self.base_layer.weight
+        weight = self.base_weight()
         v = weight + (self.scaling * (self.lora_B @ self.lora_A)).to(weight.dtype)
         return v, (self.lora_magnitude / torch.linalg.norm(v.to(_norm_dtype(v)), dim=1)).to(weight.dtype)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
         v, g = self._direction()
-        return g.unsqueeze(1) * v - self.base_layer.weight
+        return g.unsqueeze(1) * v - self.base_weight()
 
     def merge(self) -> None:
         """W ← g ⊙ V; g is kept so that `unmerge` inverts exactly this step."""
@@ -107,7 +107,7 @@ class DoRALinear(AdapterLinear):
             raise ValueError(f"{self.name} is already merged")
         with torch.no_grad():
             v, g = self._direction()
-            self.base_layer.weight.copy_(g.unsqueeze(1) * v)
+            self.base_weight().copy_(g.unsqueeze(1) * v)
         self._merge_scale = g
         self.merged = True
 
@@ -115,8 +115,8 @@ class DoRALinear(AdapterLinear):
         """W ← W / g − s·B A."""
         if not self.merged:
             raise ValueError(f"{self.name} is not merged")
-        weight = self.base_layer.weight
         with torch.no_grad():
+            weight = self.base_weight()
             delta = (self.scaling * (self.lora_B @ self.lora_A)).to(weight.dtype)
             weight.copy_(weight / self._merge_scale.unsqueeze(1) - delta)
         self._merge_scale = None

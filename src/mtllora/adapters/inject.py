@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .base import AdapterConfig, AdapterLinear, get_method
+from .base import ADAPTABLE_NAMES, ADAPTABLE_TYPES, AdapterConfig, AdapterLinear, get_method
 from .routing import RouterPostHook, RouterPreHook, TaskRouter, forward_accepts_task_ids
 
 CONFIG_METADATA_KEY = "mtllora_config"
@@ -39,26 +39,35 @@ def _matches_target(name: str, targets: list[str] | str) -> str | None:
     return None
 
 
-def _linear_names(model: nn.Module) -> list[str]:
-    return [name for name, module in model.named_modules() if type(module) is nn.Linear]
+def _unmatched_target_error(model: nn.Module, unmatched: list[str] | str, adaptable: list[str]) -> ValueError:
+    """The error for targets (a list, or one regex) that select no adaptable layer: names the modules of other
+    types they select, and the names of the adaptable layers."""
+    others = [
+        f"{name} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if name and type(module) not in ADAPTABLE_TYPES and _matches_target(name, unmatched)
+    ]
+    shown = sorted({name.rsplit(".", 1)[-1] for name in adaptable})
+    return ValueError(
+        f"target_modules {unmatched} matched no adaptable layer ({ADAPTABLE_NAMES}) in {type(model).__name__}"
+        + (f"; they select {others[:3]}, which cannot be adapted" if others else "")
+        + f"; its adaptable layers' names end in {shown} (full paths such as {adaptable[:3]})"
+    )
 
 
 def apply_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
-    """Replaces every targeted nn.Linear of `model` by the config's adapter, freezes all other parameters
+    """Replaces every targeted nn.Linear or Conv1D of `model` by the config's adapter, freezes all other parameters
     (except those matching `config.trainable`) and returns the same model object, now accepting `task_ids=`."""
     if getattr(model, "_mtllora", None) is not None:
         raise ValueError(f"{type(model).__name__} already has mtllora adapters ({model._mtllora.config.method})")
     cls = get_method(config.method)
-    linears = _linear_names(model)
-    selected = [(name, target) for name in linears if (target := _matches_target(name, config.target_modules))]
+    adaptable = [name for name, module in model.named_modules() if type(module) in ADAPTABLE_TYPES]
+    selected = [(name, target) for name in adaptable if (target := _matches_target(name, config.target_modules))]
     targets = [config.target_modules] if isinstance(config.target_modules, str) else config.target_modules
     unmatched = [t for t in targets if t not in {target for _, target in selected}]
     if unmatched:
-        shown = sorted({name.rsplit(".", 1)[-1] for name in linears})
-        raise ValueError(
-            f"target_modules {unmatched} matched no nn.Linear in {type(model).__name__}; its nn.Linear names "
-            f"end in {shown} (full paths such as {linears[:3]})"
-        )
+        spec = config.target_modules if isinstance(config.target_modules, str) else unmatched
+        raise _unmatched_target_error(model, spec, adaptable)
 
     for param in model.parameters():
         param.requires_grad_(False)
