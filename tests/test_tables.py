@@ -1,4 +1,5 @@
-"""`make tables` on fake runs: exact cells (mean ± sample std by hand), ordering, reference blocks, errors."""
+"""`make tables` on fake runs: exact cells (mean ± sample std by hand), ordering, reference blocks, errors, single-task
+runs combined into one row, and seed-paired differences (mean ± standard error by hand)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from mtllora.metrics import glue_average, task_score
-from mtllora.tables import TablesError, build_tables, format_params, main
+from mtllora.tables import (
+    AVERAGE,
+    Difference,
+    TablesError,
+    benchmark_average,
+    build_tables,
+    difference_sentence,
+    format_params,
+    load_runs,
+    main,
+)
 
 REPO_PAPER = Path(__file__).resolve().parents[1] / "results" / "paper"
 TOTAL = 22_800_000
@@ -212,7 +223,8 @@ def test_csv_values(built):
     text = (built[0] / "glue.csv").read_text()
     assert datetime.date.today().isoformat() not in text
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0])[:12] == [
+    assert list(rows[0])[:13] == [
+        "kind",
         "source",
         "profile",
         "model",
@@ -228,7 +240,8 @@ def test_csv_values(built):
     ]
     assert list(rows[0])[-3:] == ["params", "params_trainable", "params_total"]
     lora = rows[0]
-    assert {k: lora[k] for k in ("source", "profile", "model", "label", "method", "seeds")} == {
+    assert {k: lora[k] for k in ("kind", "source", "profile", "model", "label", "method", "seeds")} == {
+        "kind": "score",
         "source": "runs",
         "profile": "glue_cpu",
         "model": "minilm-l6",
@@ -241,12 +254,23 @@ def test_csv_values(built):
     assert (lora["params"], lora["params_trainable"], lora["params_total"]) == ("0.12M (0.54%)", "123456", "22800000")
     dora = rows[1]
     assert (dora["label"], dora["cola"], dora["cola_std"], dora["mnli_m"]) == ("DoRA", "45.0", "", "")
-    assert [row["source"] for row in rows].count("runs") == 5  # 4 glue_cpu variants + the MNLI run
+    # 4 glue_cpu variants, the default pair present there (MTL-LoRA − LoRA), the MNLI run.
+    assert [(row["kind"], row["profile"]) for row in rows if row["source"] == "runs"] == [
+        *[("score", "glue_cpu")] * 4,
+        ("paired_diff", "glue_cpu"),
+        ("score", "glue_mnli"),
+    ]
+    # Per seed s, MTL-LoRA − LoRA = CoLA 10 + s, Avg 8 + s: mean 11 and 9, SE = 1 / sqrt(3).
+    diff = rows[4]
+    assert (diff["label"], diff["method"], diff["seeds"]) == ("MTL-LoRA − LoRA", "", "3")
+    assert (diff["cola"], diff["cola_std"], diff["average"], diff["average_std"]) == ("11.0", "0.5774", "9.0", "0.5774")
+    assert (diff["mnli_m"], diff["params"], diff["params_trainable"]) == ("", "", "")
 
 
 def test_latex(built):
     tex = (built[0] / "glue.tex").read_text()
-    assert tex.count("\\toprule") == 3 and tex.count("\\bottomrule") == 3  # glue_cpu, glue_mnli, paper
+    # glue_cpu, its paired differences, glue_mnli, paper
+    assert tex.count("\\toprule") == 4 and tex.count("\\bottomrule") == 4
     assert "\\begin{tabular}{lrrrrrr}" in tex
     assert "Method & seeds & CoLA & MRPC & STS-B & Avg & \\#Params \\\\" in tex
     assert (
@@ -312,3 +336,204 @@ def test_bad_reference_value(runs_dir, tmp_path):
     (tmp_path / "glue.yaml").write_text("source: S\nrows:\n  - {tasks: {cola: 1}}\n")
     with pytest.raises(TablesError, match=r"glue\.yaml entry 0 row 0: missing key 'label'"):
         build_tables(runs_dir, tmp_path / "out", tmp_path)
+
+
+def test_fixture_difference_section(built):
+    markdown = (built[0] / "glue.md").read_text()
+    body = markdown.split("\n## glue_cpu · minilm-l6\n", 1)[1].split("\n## ", 1)[0]
+    assert section(markdown, "glue_cpu · minilm-l6")[12:] == [
+        "| Difference | n | CoLA | MRPC | STS-B | Avg |",
+        "|:--|--:|--:|--:|--:|--:|",
+        # Per seed s: CoLA (50 + 3s) − (40 + 2s), MRPC (87 + 3s) − (83 + 2s), STS-B (81 + 3s) − (71 + 2s).
+        "| MTL-LoRA − LoRA | 3 | +11.00 ± 0.58 | +5.00 ± 0.58 | +11.00 ± 0.58 | +9.00 ± 0.58 |",
+    ]
+    assert body.endswith(
+        "\n- MTL-LoRA − LoRA on Avg: +9.00 ± 0.58 (SE, 3 paired seeds): exceeds 2 SE: MTL-LoRA scores higher at "
+        "this budget.\n"
+    )
+    assert "Difference" not in markdown.split("\n## glue_mnli · minilm-l6\n", 1)[1]  # one variant: no pair
+
+
+# Paired differences and single-task rows on one-metric tasks, so that every number is easy to check by hand.
+FROZEN = 22_700_000
+METRIC = {"cola": "matthews_correlation"}  # the other tasks here: accuracy
+
+
+def write_scores(root: Path, name: str, method: str, label: str, seed: int, trainable: int = 150_000, **scores) -> Path:
+    """Writes a glue_cpu_2ep run whose task scores (×100) are `scores`, with `trainable` + FROZEN parameters."""
+    tasks = {task: {METRIC.get(task, "accuracy"): score / 100} for task, score in scores.items()}
+    params = {"trainable": trainable, "total": FROZEN + trainable}
+    return write_run(root, name, method, label, seed, tasks, profile="glue_cpu_2ep", params=params)
+
+
+@pytest.fixture(scope="module")
+def paired_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("paired")
+    lora_cola = {1: 41, 2: 38, 3: 44}
+    mtl = {1: (42, 81), 2: (43, 85), 3: (44, 80)}
+    for seed in (1, 2, 3):
+        write_scores(root, f"lora-s{seed}", "lora", "LoRA", seed, cola=lora_cola[seed], sst2=80)
+        write_scores(root, f"mtl-s{seed}", "mtl_lora", "MTL-LoRA", seed, 300_000, cola=mtl[seed][0], sst2=mtl[seed][1])
+    for seed in (1, 2, 3, 4):  # seed 4 has no MTL-LoRA run to pair with
+        write_scores(root, f"lora_r16-s{seed}", "lora", "LoRA (r=16)", seed, 300_000, cola=40, sst2=80)
+    write_scores(root, "dora-s1", "dora", "DoRA", 1, cola=45, sst2=75)
+    # Single-task reference: one run per task, seed 1; the directories sort against the task order.
+    write_scores(root, "lora_single_a_sst2-s1", "lora", "LoRA (single-task)", 1, 160_000, sst2=90)
+    write_scores(root, "lora_single_b_cola-s1", "lora", "LoRA (single-task)", 1, 150_000, cola=30)
+    return root
+
+
+@pytest.fixture(scope="module")
+def paired_built(paired_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("paired_tables")
+    build_tables(paired_dir, out, out / "no_paper")
+    return out
+
+
+def test_paired_differences_markdown(paired_built, paired_dir):
+    markdown = (paired_built / "glue.md").read_text()
+    assert f"from 13 runs under `{paired_dir}`" in markdown  # metrics.json files, single-task ones each counted
+    assert section(markdown, "glue_cpu_2ep · minilm-l6") == [
+        "| Method | seeds | CoLA | SST-2 | Avg | #Params |",
+        "|:--|--:|--:|--:|--:|--:|",
+        # Avg per seed (41 + 80) / 2 = 60.5, (38 + 80) / 2 = 59, (44 + 80) / 2 = 62; 150000 / 22.85M = 0.66%.
+        "| LoRA | 3 | 41.00 ± 3.00 | 80.00 ± 0.00 | 60.50 ± 1.50 | 0.15M (0.66%) |",
+        "| LoRA (r=16) | 4 | 40.00 ± 0.00 | 80.00 ± 0.00 | 60.00 ± 0.00 | 0.30M (1.30%) |",
+        # Each cell from the run that trained the task, Avg (30 + 90) / 2; (150000 + 160000) / (22.7M + 310000).
+        "| LoRA (single-task) | 1 | 30.00 | 90.00 | 60.00 | 0.31M (1.35%), sum of 2 runs |",
+        "| DoRA | 1 | 45.00 | 75.00 | 60.00 | 0.15M (0.66%) |",
+        # Avg per seed 61.5, 64, 62: mean 62.5, std sqrt((1 + 2.25 + 0.25) / 2) = 1.32.
+        "| MTL-LoRA | 3 | 43.00 ± 1.00 | 82.00 ± 2.65 | 62.50 ± 1.32 | 0.30M (1.30%) |",
+        "| Difference | n | CoLA | SST-2 | Avg |",
+        "|:--|--:|--:|--:|--:|",
+        # vs r=16, seeds 1-3 only. CoLA 2, 3, 4: mean 3, SE 1 / sqrt(3) = 0.58. SST-2 1, 5, 0: mean 2, std sqrt(7),
+        # SE sqrt(7 / 3) = 1.53. Avg 1.5, 4, 2: mean 2.5, SE sqrt(1.75 / 3) = 0.76.
+        "| MTL-LoRA − LoRA (r=16) | 3 | +3.00 ± 0.58 | +2.00 ± 1.53 | +2.50 ± 0.76 |",
+        # vs r=8: CoLA 1, 5, 0; SST-2 1, 5, 0; Avg 1, 5, 0.
+        "| MTL-LoRA − LoRA | 3 | +2.00 ± 1.53 | +2.00 ± 1.53 | +2.00 ± 1.53 |",
+    ]
+    assert markdown.endswith(
+        "Seed-paired differences (×100, mean ± standard error, n = paired seeds):\n"
+        "\n"
+        "| Difference | n | CoLA | SST-2 | Avg |\n"
+        "|:--|--:|--:|--:|--:|\n"
+        "| MTL-LoRA − LoRA (r=16) | 3 | +3.00 ± 0.58 | +2.00 ± 1.53 | +2.50 ± 0.76 |\n"
+        "| MTL-LoRA − LoRA | 3 | +2.00 ± 1.53 | +2.00 ± 1.53 | +2.00 ± 1.53 |\n"
+        "\n"
+        # 2.5 > 2 × 0.76; 2.0 < 2 × 1.53.
+        "- MTL-LoRA − LoRA (r=16) on Avg: +2.50 ± 0.76 (SE, 3 paired seeds): exceeds 2 SE: MTL-LoRA scores higher "
+        "at this budget.\n"
+        "- MTL-LoRA − LoRA on Avg: +2.00 ± 1.53 (SE, 3 paired seeds): does not exceed 2 SE: no significant "
+        "difference at this budget.\n"
+    )
+
+
+def test_paired_differences_csv_and_tex(paired_built):
+    rows = list(csv.DictReader(io.StringIO((paired_built / "glue.csv").read_text())))
+    assert [(row["kind"], row["label"], row["seeds"]) for row in rows] == [
+        ("score", "LoRA", "3"),
+        ("score", "LoRA (r=16)", "4"),
+        ("score", "LoRA (single-task)", "1"),
+        ("score", "DoRA", "1"),
+        ("score", "MTL-LoRA", "3"),
+        ("paired_diff", "MTL-LoRA − LoRA (r=16)", "3"),
+        ("paired_diff", "MTL-LoRA − LoRA", "3"),
+    ]
+    single, r16, r8 = rows[2], rows[5], rows[6]
+    assert (single["cola"], single["sst2"], single["average"], single["average_std"]) == ("30.0", "90.0", "60.0", "")
+    assert (single["params_trainable"], single["params_total"]) == ("310000", "23010000")
+    numbers = ("cola", "cola_std", "sst2", "sst2_std", "average", "average_std")
+    assert [r16[key] for key in numbers] == ["3.0", "0.5774", "2.0", "1.5275", "2.5", "0.7638"]
+    assert [r8[key] for key in numbers] == ["2.0", "1.5275", "2.0", "1.5275", "2.0", "1.5275"]
+    assert (r16["method"], r16["params"], r16["params_total"]) == ("", "", "")
+    tex = (paired_built / "glue.tex").read_text()
+    assert "Difference & n & CoLA & SST-2 & Avg \\\\" in tex
+    assert "MTL-LoRA $-$ LoRA (r=16) & 3 & +3.00 $\\pm$ 0.58 & +2.00 $\\pm$ 1.53 & +2.50 $\\pm$ 0.76 \\\\" in tex
+    assert "% MTL-LoRA − LoRA (r=16) on Avg: +2.50 ± 0.76 (SE, 3 paired seeds): exceeds 2 SE" in tex
+    assert "LoRA (single-task) & 1 & 30.00 & 90.00 & 60.00 & 0.31M (1.35\\%), sum of 2 runs \\\\" in tex
+
+
+def test_fewer_than_two_paired_seeds(paired_dir, tmp_path):
+    build_tables(paired_dir, tmp_path, tmp_path / "no_paper", pairs=[("MTL-LoRA", "DoRA")])  # pairs: configurable
+    markdown = (tmp_path / "glue.md").read_text()
+    # Seed 1 only: CoLA 42 − 45, SST-2 81 − 75, Avg 61.5 − 60; no standard error from one difference.
+    assert section(markdown, "glue_cpu_2ep · minilm-l6")[-1] == "| MTL-LoRA − DoRA | 1 | -3.00 | +6.00 | +1.50 |"
+    assert markdown.endswith(
+        "\n- MTL-LoRA − DoRA on Avg: +1.50 (1 paired seed): fewer than 2 paired seeds, so no standard error and no "
+        "statement on significance.\n"
+    )
+    assert "LoRA (r=16)" in markdown and "MTL-LoRA − LoRA" not in markdown  # only the configured pair
+
+
+def test_difference_sentences():
+    sentence = difference_sentence
+    assert sentence(Difference("MTL-LoRA", "LoRA (r=16)", 3, {AVERAGE: (1.0, 0.6, 3)})) == (
+        "MTL-LoRA − LoRA (r=16) on Avg: +1.00 ± 0.60 (SE, 3 paired seeds): does not exceed 2 SE: no significant "
+        "difference at this budget."
+    )
+    assert sentence(Difference("MTL-LoRA", "LoRA (r=16)", 3, {AVERAGE: (-2.0, 0.5, 3)})) == (
+        "MTL-LoRA − LoRA (r=16) on Avg: -2.00 ± 0.50 (SE, 3 paired seeds): exceeds 2 SE: LoRA (r=16) scores higher "
+        "at this budget."
+    )
+    assert sentence(Difference("MTL-LoRA", "LoRA", 2, {AVERAGE: (1.0, 0.5, 2)})).endswith(  # exactly 2 SE
+        "(SE, 2 paired seeds): does not exceed 2 SE: no significant difference at this budget."
+    )
+    assert sentence(Difference("MTL-LoRA", "LoRA", 0, {})) == (
+        "MTL-LoRA − LoRA on Avg: no paired seeds (no seed with an Avg in both rows), so no difference."
+    )
+
+
+def test_single_task_runs_combine(tmp_path):
+    paths = [
+        write_scores(tmp_path, "single_rte", "lora", "LoRA (single-task)", 1, 100, rte=60),
+        write_scores(tmp_path, "single_sst2", "lora", "LoRA (single-task)", 1, 200, sst2=90),
+        write_scores(tmp_path, "single_cola", "lora", "LoRA (single-task)", 1, 300, cola=30),
+    ]
+    [run] = load_runs(tmp_path)
+    assert run.task_order == ("cola", "sst2", "rte")  # the benchmark's order, not the directories'
+    assert run.task_scores == {"cola": 30.0, "sst2": 90.0, "rte": 60.0}
+    assert run.metrics["rte"] == {"accuracy": 0.6}
+    assert run.average == pytest.approx(60.0)  # (30 + 90 + 60) / 3
+    assert (run.trainable, run.total, run.parts) == (600, FROZEN + 600, 3)
+    tasks = {json.loads(path.read_text())["task_order"][0]: json.loads(path.read_text())["tasks"] for path in paths}
+    union = {task: metrics[task] for task, metrics in tasks.items()}
+    assert run.average == pytest.approx(glue_average(union))  # what one multi-task run on the union reports
+    # MNLI-m and MNLI-mm count as one task, as in glue_average: (40 + (80 + 90) / 2) / 2.
+    assert benchmark_average({"cola": 40.0, "mnli_m": 80.0, "mnli_mm": 90.0}) == 62.5
+
+
+def test_partial_coverage_has_no_avg(tmp_path):
+    for seed, cola in ((1, 40), (2, 44)):
+        write_scores(tmp_path, f"lora-s{seed}", "lora", "LoRA", seed, cola=cola, sst2=80)
+    write_scores(tmp_path, "single_cola-s1", "lora", "LoRA (single-task)", 1, cola=30)
+    write_scores(tmp_path, "single_sst2-s1", "lora", "LoRA (single-task)", 1, sst2=90)
+    write_scores(tmp_path, "single_cola-s2", "lora", "LoRA (single-task)", 2, cola=36)  # seed 2 lacks SST-2
+    out = tmp_path / "out"
+    build_tables(tmp_path, out, out / "no_paper", pairs=[("LoRA (single-task)", "LoRA")])
+    markdown = (out / "glue.md").read_text()
+    assert section(markdown, "glue_cpu_2ep · minilm-l6") == [
+        "| Method | seeds | CoLA | SST-2 | Avg | #Params |",
+        "|:--|--:|--:|--:|--:|--:|",
+        "| LoRA | 2 | 42.00 ± 2.83 | 80.00 ± 0.00 | 61.00 ± 1.41 | 0.15M (0.66%) |",
+        # CoLA 30, 36; SST-2 from seed 1 only; no Avg, not the mean of (30 + 90) / 2 and 36.
+        "| LoRA (single-task) | 2 | 33.00 ± 4.24 | 90.00 |  | 0.30M (1.30%), sum of 2 runs |",
+        "| Difference | n | CoLA | SST-2 | Avg |",
+        "|:--|--:|--:|--:|--:|",
+        # CoLA -10, -8: mean -9, SE 1. SST-2 and Avg: seed 1 only, 90 − 80 and 60 − 60.
+        "| LoRA (single-task) − LoRA | 2 | -9.00 ± 1.00 | +10.00 (n=1) | +0.00 (n=1) |",
+    ]
+    assert "\nLoRA (single-task): no Avg, its runs miss tasks of this block (seed 2: SST-2).\n" in markdown
+    assert "- LoRA (single-task) − LoRA on Avg: +0.00 (1 paired seed): fewer than 2 paired seeds" in markdown
+    single = list(csv.DictReader(io.StringIO((out / "glue.csv").read_text())))[1]
+    assert (single["label"], single["sst2"], single["average"]) == ("LoRA (single-task)", "90.0", "")
+
+
+def test_overlapping_runs_of_one_seed(tmp_path):
+    first = write_scores(tmp_path, "single_cola", "lora", "LoRA (single-task)", 1, cola=30)
+    second = write_scores(tmp_path, "single_cola_sst2", "lora", "LoRA (single-task)", 1, cola=31, sst2=90)
+    write_scores(tmp_path, "single_rte", "lora", "LoRA (single-task)", 1, rte=60)
+    message = f"{first} and {second} both record LoRA (single-task) seed 1 (both have cola); remove one"
+    with pytest.raises(TablesError, match=re.escape(message)):
+        build_tables(tmp_path, tmp_path / "out")
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(["--runs", str(tmp_path), "--out", str(tmp_path / "out")])

@@ -5,6 +5,20 @@ benchmark, `<out>/<benchmark>.md`, `.csv`, `.tex` and `.png` (default out: resul
 (profile, model); a block has one row per variant (method and label) whose cells are mean ± sample std over its
 seeds. Reference numbers from `<paper>/<benchmark>.yaml` (default results/paper) follow as extra blocks; a null
 there (a number nobody could check) renders as an empty cell.
+
+Single-task references: runs of one variant and seed whose task sets are disjoint (e.g. one LoRA run per task) are
+combined into one run of that seed: each task's scores come from the run that trained it, Avg is recomputed over
+their union like a multi-task run's (`benchmark_average`), and #Params is the sum over the runs, since serving every
+task takes all of their adapters and heads. Runs of one variant and seed that share a task are an error.
+
+Coverage: a row whose runs miss some of its block's tasks shows empty cells there and no Avg (an average over fewer
+tasks would not compare with the others); a line under the table says which seed lacks which task.
+
+Paired differences: for each pair of labels in `DIFF_PAIRS` that both have a row in a block, the block gets a
+difference row, first − second: per task and for Avg, the mean over the seeds both rows have of the per-seed
+difference, its standard error (sample std of the differences / √n) and n, and a sentence saying whether the Avg
+difference exceeds twice its standard error. In the csv these rows have kind `paired_diff`, and their `<key>_std`
+columns hold that standard error (kind `score` rows: the sample std over seeds).
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ import argparse
 import csv
 import datetime
 import io
+import itertools
 import json
 import math
 import statistics
@@ -59,12 +74,26 @@ METRIC_NAMES = {
 METHOD_ORDER = ("lora", "dora", "multilora", "moelora", "mtl_lora")
 AVERAGE = "average"  # key of the Avg column among the task keys
 RUNS_SOURCE = "runs"  # `Block.source` of blocks built from our own runs
+MNLI_PARTS = ("mnli_m", "mnli_mm")  # one task in the GLUE average, as in `mtllora.metrics.glue_average`
+# The seed-paired differences under each block of our runs, as (first, second) row labels: first − second, for every
+# block that has a row of each. The headline pair first: MTL-LoRA against LoRA at MTL-LoRA's parameter count (r=16);
+# then against the r=8 LoRA the paper compares with.
+DIFF_PAIRS: tuple[tuple[str, str], ...] = (("MTL-LoRA", "LoRA (r=16)"), ("MTL-LoRA", "LoRA"))
+SCORE_KIND = "score"  # csv `kind` of a variant's (or a reference's) row
+DIFF_KIND = "paired_diff"  # csv `kind` of a difference row; its `_std` columns hold the standard error
 
 CONVENTIONS = (
-    "Cells: mean ± sample std (ddof=1) over seeds, ×100; `seeds` = number of runs. A task's score is the mean of its "
+    "Cells: mean ± sample std (ddof=1) over seeds, ×100; `seeds` = number of seeds. A task's score is the mean of its "
     "metrics (MRPC, QQP: accuracy and F1; STS-B: Pearson and Spearman; CoLA: Matthews correlation); Avg is the "
     "average each run reports (GLUE: MNLI-m and MNLI-mm count as one task, see `mtllora.metrics.glue_average`). "
-    "#Params: trainable parameters (share of all parameters). Empty cell: no value."
+    "#Params: trainable parameters (share of all parameters). Empty cell: no value. "
+    "Single-task rows: one run per task and seed, combined: a task's cell comes from the run that trained it, Avg is "
+    "computed over the union of their tasks like a multi-task run's, #Params is the sum over the runs (all the "
+    "adapters and heads it takes to serve every task; share of the backbone plus all of them). A row whose runs miss "
+    "some of the block's tasks has empty cells there and no Avg. "
+    "Paired differences (first − second): per task and Avg, the mean over the seeds both rows have of the per-seed "
+    "difference ± its standard error (sample std of the differences / √n), n = paired seeds; a cell with fewer pairs "
+    "than n says so. 2 SE is a rough yardstick, not a 5% test: with 3 seeds, Student's t needs 4.30 SE."
 )
 
 
@@ -89,6 +118,7 @@ class Run:
     average: float
     trainable: int
     total: int
+    parts: int = 1  # number of metrics.json files combined into this run (single-task runs of one seed)
 
 
 @dataclass(frozen=True)
@@ -103,6 +133,22 @@ class Row:
     params: str
     trainable: int | None = None
     total: int | None = None
+    runs: tuple[Run, ...] = ()  # the (combined) runs behind a row of our own runs, one per seed
+    note: str = ""  # shown under the table, e.g. why there is no Avg
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The seed-paired difference of two rows of one block: first − second."""
+
+    first: str
+    second: str
+    seeds: int  # seeds both rows have
+    stats: dict[str, tuple[float, float | None, int]]  # key -> (mean, standard error or None under 2 pairs, pairs)
+
+    @property
+    def label(self) -> str:
+        return f"{self.first} − {self.second}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +163,7 @@ class Block:
     columns: list[str]  # task keys
     metric_columns: list[str]  # "task.metric" keys of the tasks scored by more than one metric
     rows: list[Row]
+    differences: tuple[Difference, ...] = ()
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -157,23 +204,75 @@ def load_run(path: Path) -> Run:
         raise TablesError(f"{path}: {err}") from None
 
 
-def load_runs(runs_dir: Path) -> list[Run]:
-    """Returns every run under `runs_dir` (its metrics.json files, searched recursively), sorted by path.
+def benchmark_average(task_scores: Mapping[str, float]) -> float:
+    """Returns the average of task scores (×100) the way a multi-task run computes its own: their unweighted mean,
+    with MNLI-m and MNLI-mm first averaged into one MNLI score (`mtllora.metrics.glue_average`, on stored scores)."""
+    scores = [score for task, score in task_scores.items() if task not in MNLI_PARTS]
+    mnli = [task_scores[task] for task in MNLI_PARTS if task in task_scores]
+    if mnli:
+        scores.append(statistics.fmean(mnli))
+    return statistics.fmean(scores)
 
-    Raises TablesError when there is none, or when two files record the same variant and seed: averaging both would
-    count that seed twice.
+
+def _task_rank(task: str) -> int:
+    return list(TASK_NAMES).index(task) if task in TASK_NAMES else len(TASK_NAMES)
+
+
+def combine_runs(runs: Sequence[Run]) -> Run:
+    """Returns the runs of one variant and seed as one run: itself for one run; for several (single-task runs),
+    their tasks in the usual task order (unknown ones after, in run order), each task's metrics and score from the
+    run that trained it, the average over all of them (`benchmark_average`), and the sum of their trainable
+    parameters (the frozen backbone counted once in the total).
+
+    Raises TablesError naming two of the runs when they share a task: that seed's task would be counted twice.
+    """
+    for first, second in itertools.combinations(runs, 2):
+        shared = [task for task in first.task_order if task in second.task_order]
+        if shared:
+            raise TablesError(
+                f"{first.path} and {second.path} both record {first.label} seed {first.seed} "
+                f"(both have {', '.join(shared)}); remove one: runs of one variant and seed are combined only when "
+                "their tasks are disjoint (single-task runs)"
+            )
+    if len(runs) == 1:
+        return runs[0]
+    tasks = [task for run in runs for task in run.task_order]
+    order = tuple(sorted(tasks, key=lambda task: (_task_rank(task), tasks.index(task))))
+    owner = {task: run for run in runs for task in run.task_order}
+    trainable = sum(run.trainable for run in runs)
+    task_scores = {task: owner[task].task_scores[task] for task in order}
+    return Run(
+        path=runs[0].path,
+        benchmark=runs[0].benchmark,
+        profile=runs[0].profile,
+        model=runs[0].model,
+        method=runs[0].method,
+        label=runs[0].label,
+        seed=runs[0].seed,
+        task_order=order,
+        metrics={task: owner[task].metrics[task] for task in order},
+        task_scores=task_scores,
+        average=benchmark_average(task_scores),
+        trainable=trainable,
+        total=max(run.total - run.trainable for run in runs) + trainable,
+        parts=sum(run.parts for run in runs),
+    )
+
+
+def load_runs(runs_dir: Path) -> list[Run]:
+    """Returns every run under `runs_dir` (its metrics.json files, searched recursively), sorted by path, with the
+    runs of one variant and seed combined by `combine_runs` (single-task runs; `Run.parts` counts the files).
+
+    Raises TablesError when there is none, or when two files record the same variant and seed on a common task:
+    averaging both would count that seed twice.
     """
     paths = sorted(runs_dir.rglob("metrics.json"))
     if not paths:
         raise TablesError(f"no runs to tabulate: no metrics.json under {runs_dir}/ (train some runs first)")
-    runs = [load_run(path) for path in paths]
-    seen: dict[tuple, Path] = {}
-    for run in runs:
-        key = (run.benchmark, run.profile, run.model, run.method, run.label, run.seed)
-        if key in seen:
-            raise TablesError(f"{seen[key]} and {run.path} both record {run.label} seed {run.seed}; remove one")
-        seen[key] = run.path
-    return runs
+    groups: dict[tuple, list[Run]] = {}
+    for run in map(load_run, paths):
+        groups.setdefault((run.benchmark, run.profile, run.model, run.method, run.label, run.seed), []).append(run)
+    return [combine_runs(group) for group in groups.values()]
 
 
 def format_params(trainable: int, total: int) -> str:
@@ -190,29 +289,81 @@ def _variant_order(method: str, label: str) -> tuple[int, str]:
     return rank, label
 
 
-def _run_row(method: str, label: str, runs: Sequence[Run]) -> Row:
+def _run_value(run: Run, key: str, columns: Sequence[str]) -> float | None:
+    """Returns a run's score for a task key, or its Avg when it covers all of `columns` (else None)."""
+    if key == AVERAGE:
+        return run.average if set(columns) <= set(run.task_order) else None
+    return run.task_scores.get(key)
+
+
+def _run_row(method: str, label: str, runs: Sequence[Run], columns: Sequence[str]) -> Row:
     values: dict[str, list[float]] = {}
     for run in runs:
         for task in run.task_order:
             values.setdefault(task, []).append(run.task_scores[task])
             for metric, value in run.metrics[task].items():
                 values.setdefault(f"{task}.{metric}", []).append(100 * value)
-        values.setdefault(AVERAGE, []).append(run.average)
+    lacking = {run.seed: [task for task in columns if task not in run.task_order] for run in runs}
+    lacking = {seed: tasks for seed, tasks in lacking.items() if tasks}
+    if not lacking:  # an Avg over fewer tasks than the other rows' would not compare with them
+        values[AVERAGE] = [run.average for run in runs]
     stats = {key: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None) for key, v in values.items()}
     first = runs[0]  # seeds do not change the architecture, hence the parameter count
+    params = format_params(first.trainable, first.total)
     return Row(
         label=label,
         method=method,
         seeds=len(runs),
         stats=stats,
         cells={key: _format_mean_std(*stat) for key, stat in stats.items()},
-        params=format_params(first.trainable, first.total),
+        params=params if first.parts == 1 else f"{params}, sum of {first.parts} runs",
         trainable=first.trainable,
         total=first.total,
+        runs=tuple(runs),
+        note=""
+        if not lacking
+        else f"{label}: no Avg, its runs miss tasks of this block ("
+        + "; ".join(f"seed {seed}: {', '.join(map(_task_name, tasks))}" for seed, tasks in lacking.items())
+        + ").",
     )
 
 
-def _run_blocks(runs: Sequence[Run]) -> list[Block]:
+def paired_difference(first: Row, second: Row, columns: Sequence[str]) -> Difference:
+    """Returns first − second per task of `columns` and for Avg, pairing their runs by seed: for each key, the mean
+    over the seeds where both runs have a value (Avg: where both cover every column) of the per-seed difference,
+    its standard error (sample std of those differences / √n; None with fewer than 2), and n. Keys without a pair
+    are left out."""
+    second_runs = {run.seed: run for run in second.runs}
+    pairs = [(run, second_runs[run.seed]) for run in first.runs if run.seed in second_runs]
+    stats = {}
+    for key in [*columns, AVERAGE]:
+        values = [(_run_value(a, key, columns), _run_value(b, key, columns)) for a, b in pairs]
+        diffs = [a - b for a, b in values if a is not None and b is not None]
+        if diffs:
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+            stats[key] = (statistics.fmean(diffs), se, len(diffs))
+    return Difference(first.label, second.label, len(pairs), stats)
+
+
+def difference_sentence(diff: Difference) -> str:
+    """Returns the verdict on the Avg difference in words: whether it exceeds twice its standard error."""
+    head = f"{diff.label} on Avg"
+    if AVERAGE not in diff.stats:
+        return f"{head}: no paired seeds (no seed with an Avg in both rows), so no difference."
+    mean, se, n = diff.stats[AVERAGE]
+    if se is None:
+        return (
+            f"{head}: {mean:+.2f} ({n} paired seed): fewer than 2 paired seeds, so no standard error and no "
+            "statement on significance."
+        )
+    if abs(mean) > 2 * se:
+        verdict = f"exceeds 2 SE: {diff.first if mean > 0 else diff.second} scores higher at this budget"
+    else:
+        verdict = "does not exceed 2 SE: no significant difference at this budget"
+    return f"{head}: {mean:+.2f} ± {se:.2f} (SE, {n} paired seeds): {verdict}."
+
+
+def _run_blocks(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = DIFF_PAIRS) -> list[Block]:
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in sorted(runs, key=lambda r: (r.profile, r.model, *_variant_order(r.method, r.label), r.seed)):
         groups.setdefault((run.profile, run.model), []).append(run)
@@ -227,8 +378,18 @@ def _run_blocks(runs: Sequence[Run]) -> list[Block]:
         variants: dict[tuple[str, str], list[Run]] = {}
         for run in group:
             variants.setdefault((run.method, run.label), []).append(run)
-        rows = [_run_row(method, label, variant_runs) for (method, label), variant_runs in variants.items()]
-        blocks.append(Block(f"{profile} · {model}", RUNS_SOURCE, profile, model, "", columns, metric_columns, rows))
+        rows = [_run_row(method, label, members, columns) for (method, label), members in variants.items()]
+        title = f"{profile} · {model}"
+        differences = []
+        for first, second in pairs:
+            matches = [[row for row in rows if row.label == label] for label in (first, second)]
+            for label, found in zip((first, second), matches, strict=True):
+                if len(found) > 1:
+                    methods = ", ".join(row.method for row in found)
+                    raise TablesError(f"{title}: {len(found)} rows labelled {label!r} (methods {methods}); cannot pair")
+            if all(matches):
+                differences.append(paired_difference(matches[0][0], matches[1][0], columns))
+        blocks.append(Block(title, RUNS_SOURCE, profile, model, "", columns, metric_columns, rows, tuple(differences)))
     return blocks
 
 
@@ -297,6 +458,24 @@ def _main_table(block: Block) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _difference_cell(diff: Difference, key: str) -> str:
+    if key not in diff.stats:
+        return ""
+    mean, se, n = diff.stats[key]
+    cell = f"{mean:+.2f}" if se is None else f"{mean:+.2f} ± {se:.2f}"
+    return cell if n == diff.seeds else f"{cell} (n={n})"
+
+
+def _difference_table(block: Block) -> tuple[list[str], list[list[str]]]:
+    """Returns the header and rows of a block's paired-difference table, shared by the md and tex files."""
+    header = ["Difference", "n", *map(_task_name, block.columns), "Avg"]
+    rows = [
+        [diff.label, str(diff.seeds), *(_difference_cell(diff, key) for key in [*block.columns, AVERAGE])]
+        for diff in block.differences
+    ]
+    return header, rows
+
+
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -318,10 +497,17 @@ def render_markdown(benchmark: str, blocks: Sequence[Block], num_runs: int, runs
         if block.note:
             lines += [block.note, ""]
         lines += _markdown_table(*_main_table(block))
+        notes = [row.note for row in block.rows if row.note]
+        if notes:
+            lines += ["", *notes]
         if block.metric_columns:
             metric_rows = [[row.label, *(row.cells.get(key, "") for key in block.metric_columns)] for row in block.rows]
             lines += ["", "Individual metrics (×100):", ""]
             lines += _markdown_table(["Method", *map(_metric_name, block.metric_columns)], metric_rows)
+        if block.differences:
+            lines += ["", "Seed-paired differences (×100, mean ± standard error, n = paired seeds):", ""]
+            lines += _markdown_table(*_difference_table(block))
+            lines += ["", *(f"- {difference_sentence(diff)}" for diff in block.differences)]
     return "\n".join(lines) + "\n"
 
 
@@ -330,8 +516,10 @@ def _csv_number(value: float | None) -> str:
 
 
 def render_csv(blocks: Sequence[Block]) -> str:
-    """Returns the <benchmark>.csv text: one line per row of every block, a mean and a std column per task score,
-    per individual metric and for the average (×100), and the parameter counts. No timestamp, so reruns diff."""
+    """Returns the <benchmark>.csv text: one line per row of every block (kind `score`), a mean and a std column per
+    task score, per individual metric and for the average (×100), and the parameter counts; after a block's rows,
+    one line per paired difference (kind `paired_diff`, label "first − second", seeds = paired seeds): the mean
+    difference per task and Avg, and its standard error in the `_std` column. No timestamp, so reruns diff."""
     keys = [
         *_unique(key for block in blocks for key in block.columns),
         *_unique(key for block in blocks for key in block.metric_columns),
@@ -341,6 +529,7 @@ def render_csv(blocks: Sequence[Block]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
         [
+            "kind",
             "source",
             "profile",
             "model",
@@ -361,6 +550,7 @@ def render_csv(blocks: Sequence[Block]) -> str:
             )
             writer.writerow(
                 [
+                    SCORE_KIND,
                     block.source,
                     block.profile,
                     block.model,
@@ -373,32 +563,44 @@ def render_csv(blocks: Sequence[Block]) -> str:
                     total,
                 ]
             )
+        for diff in block.differences:
+            numbers = [_csv_number(number) for key in keys for number in diff.stats.get(key, (None, None, 0))[:2]]
+            row_head = [DIFF_KIND, block.source, block.profile, block.model, diff.label, "", str(diff.seeds)]
+            writer.writerow([*row_head, *numbers, "", "", ""])
     return buffer.getvalue()
 
 
 def _latex_escape(text: str) -> str:
     for char in "\\&%$#_{}":
         text = text.replace(char, "\\" + char)
-    return text.replace("±", "$\\pm$")
+    return text.replace("±", "$\\pm$").replace("−", "$-$")
 
 
 def render_latex(blocks: Sequence[Block]) -> str:
-    """Returns the <benchmark>.tex text: one booktabs tabular per block (needs \\usepackage{booktabs})."""
+    """Returns the <benchmark>.tex text: one booktabs tabular per block, and one of its paired differences when it
+    has any, their notes and verdicts as comments (needs \\usepackage{booktabs})."""
     parts = []
     for block in blocks:
-        header, rows = _main_table(block)
-        lines = [
-            f"% {block.title}" + (f". {block.note}" if block.note else ""),
-            "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-            "\\toprule",
-            " & ".join(map(_latex_escape, header)) + " \\\\",
-            "\\midrule",
-            *(" & ".join(map(_latex_escape, row)) + " \\\\" for row in rows),
-            "\\bottomrule",
-            "\\end{tabular}",
-        ]
-        parts.append("\n".join(lines))
+        comments = [f"% {block.title}" + (f". {block.note}" if block.note else "")]
+        comments += [f"% {row.note}" for row in block.rows if row.note]
+        parts.append("\n".join([*comments, *_tabular(*_main_table(block))]))
+        if block.differences:
+            comments = [f"% {block.title}: seed-paired differences, mean ± standard error, n = paired seeds."]
+            comments += [f"% {difference_sentence(diff)}" for diff in block.differences]
+            parts.append("\n".join([*comments, *_tabular(*_difference_table(block))]))
     return "\n\n".join(parts) + "\n"
+
+
+def _tabular(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+        "\\toprule",
+        " & ".join(map(_latex_escape, header)) + " \\\\",
+        "\\midrule",
+        *(" & ".join(map(_latex_escape, row)) + " \\\\" for row in rows),
+        "\\bottomrule",
+        "\\end{tabular}",
+    ]
 
 
 def render_plot(blocks: Sequence[Block], path: Path) -> None:
@@ -435,21 +637,25 @@ def render_plot(blocks: Sequence[Block], path: Path) -> None:
 
 
 def build_tables(
-    runs_dir: Path = DEFAULT_RUNS, out_dir: Path = DEFAULT_OUT, paper_dir: Path = DEFAULT_PAPER
+    runs_dir: Path = DEFAULT_RUNS,
+    out_dir: Path = DEFAULT_OUT,
+    paper_dir: Path = DEFAULT_PAPER,
+    pairs: Sequence[tuple[str, str]] = DIFF_PAIRS,
 ) -> list[Path]:
     """Writes <out_dir>/<benchmark>.md, .csv, .tex and .png for every benchmark found under `runs_dir` and returns
-    the written paths. Reference blocks come from <paper_dir>/<benchmark>.yaml when that file exists."""
+    the written paths. Reference blocks come from <paper_dir>/<benchmark>.yaml when that file exists; `pairs` are
+    the (first, second) row labels whose seed-paired differences each block of runs shows."""
     runs = load_runs(runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for benchmark in sorted({run.benchmark for run in runs}):
         benchmark_runs = [run for run in runs if run.benchmark == benchmark]
-        blocks = _run_blocks(benchmark_runs)
+        blocks = _run_blocks(benchmark_runs, pairs)
         reference = paper_dir / f"{benchmark}.yaml"
         if reference.is_file():
             blocks += load_reference_blocks(reference)
         texts = {
-            ".md": render_markdown(benchmark, blocks, len(benchmark_runs), runs_dir),
+            ".md": render_markdown(benchmark, blocks, sum(run.parts for run in benchmark_runs), runs_dir),
             ".csv": render_csv(blocks),
             ".tex": render_latex(blocks),
         }
