@@ -5,7 +5,8 @@ import torch
 from torch.nn import functional as F
 
 from mtllora.adapters import TaskIdError
-from mtllora.models import ModelConfig, MultiTaskClassifier
+from mtllora.benchmarks.glue import GlueBenchmark, MultiTaskClassifier
+from mtllora.models import ModelConfig
 
 from .conftest import tiny_bert
 
@@ -84,8 +85,10 @@ def test_task_id_out_of_range_names_the_id():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="unknown pooling 'max' for model 'm'"):
-        ModelConfig(name="m", name_or_path="x", pooling="max")
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        GlueBenchmark(tasks=["rte"], pooling="max")
+    with pytest.raises(ValueError, match="unknown dtype 'float33' for model 'm'"):
+        ModelConfig(name="m", name_or_path="x", dtype="float33")
     with pytest.raises(ValueError, match=r"unknown model config key\(s\) \['layers'\]"):
         ModelConfig.from_mapping({"name": "m", "name_or_path": "x", "layers": 2})
     with pytest.raises(ValueError, match="unknown loss_balance 'sum'"):

@@ -88,10 +88,10 @@ def test_cli_run_writes_metrics_and_a_loadable_adapter(tiny_encoder_dir, tiny_gl
 
 @pytest.mark.parametrize("method", ["lora", "lora_r16", "dora", "multilora", "moelora", "mtl_lora"])
 def test_every_method_trains_and_reloads_to_the_same_predictions(method, tiny_encoder_dir, tiny_glue_dir, tmp_path):
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
     from transformers import Trainer, TrainingArguments
 
-    from mtllora.benchmarks.glue import GlueBenchmark
     from mtllora.models import ModelConfig
 
     record = f"trainer.callbacks=[{{_target_:tests.callbacks.RecordLogits,path:{tmp_path / 'logits.pt'}}}]"
@@ -102,7 +102,7 @@ def test_every_method_trains_and_reloads_to_the_same_predictions(method, tiny_en
     assert metrics["label"] == cfg.method.label
     # The saved adapter (with the task heads), loaded into a freshly built model, gives the trained model's logits
     # on a mixed-task batch and scores the dev sets exactly as the trained model did at the end of the run.
-    bench = GlueBenchmark(tasks=["cola", "sst2", "mrpc", "stsb", "rte"], data_dir=tiny_glue_dir, max_length=32)
+    bench = instantiate(cfg.benchmark)
     model, tokenizer = bench.build_model(ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True)))
     load_adapter(model, tmp_path / "run" / "adapter.safetensors")
     trained = torch.load(tmp_path / "logits.pt")

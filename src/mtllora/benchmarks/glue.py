@@ -1,4 +1,5 @@
-"""Multi-task GLUE: a shared encoder with adapters, one head per task, every task trained jointly."""
+"""Multi-task GLUE: a shared encoder with adapters, one head per task (`MultiTaskClassifier`), every task trained
+jointly."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from datasets import Dataset
 from torch import nn
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, Trainer
+from torch.nn import functional as F
+from transformers import AutoModel, DataCollatorWithPadding, PreTrainedTokenizerBase, Trainer
+from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ..adapters import check_task_id_range
 from ..metrics import glue_average, glue_metrics, task_score
-from ..models import ModelConfig, MultiTaskClassifier, load_encoder, load_tokenizer
+from ..models import ModelConfig, load_pretrained, load_tokenizer
 from .base import Benchmark, mix_tasks
 from .glue_data import GLUE_TASKS, glue_task, load_glue_split, missing_glue_files
 
+POOLINGS = ("cls", "mean")
+HEADS = ("linear", "mlp")
+LOSS_BALANCES = ("none", "task_mean")
 # Evaluation subsets are drawn with a fixed seed so that every run (method, seed) is scored on the same rows.
 EVAL_SUBSAMPLE_SEED = 0
 
@@ -31,6 +39,8 @@ class GlueBenchmark(Benchmark):
         data_dir: str | Path | None = None,
         task_dirs: Mapping[str, str] | None = None,
         max_length: int = 128,
+        pooling: str = "cls",
+        head: str = "mlp",
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         mixing: str = "proportional",
@@ -41,6 +51,10 @@ class GlueBenchmark(Benchmark):
     ) -> None:
         self.name = name
         self.tasks = [glue_task(t).name for t in tasks]  # raises on an unknown task name
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
         if len(set(self.tasks)) != len(self.tasks) or not self.tasks:
             raise ValueError(f"tasks must be a non-empty list without repeats, got {list(tasks)}")
         for mapping_name, mapping in (("task_dirs", task_dirs or {}), ("task_weights", task_weights or {})):
@@ -57,6 +71,8 @@ class GlueBenchmark(Benchmark):
         self.data_dir = data_dir
         self.task_dirs = dict(task_dirs or {})
         self.max_length = max_length
+        self.pooling = pooling
+        self.head = head
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.mixing = mixing
@@ -71,10 +87,10 @@ class GlueBenchmark(Benchmark):
 
     def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         model = MultiTaskClassifier(
-            load_encoder(model_cfg),
+            load_pretrained(model_cfg, AutoModel),
             num_labels=[glue_task(t).num_labels for t in self.tasks],
-            pooling=model_cfg.pooling,
-            head=model_cfg.head,
+            pooling=self.pooling,
+            head=self.head,
             loss_balance=self.loss_balance,
             task_weights=self.task_weights,
         )
@@ -136,3 +152,102 @@ class GlueBenchmark(Benchmark):
 
     def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
         return glue_average(results)
+
+
+class MultiTaskClassifier(nn.Module):
+    """A shared encoder and one head per task (`heads.<t>`): classification with the task's label count, or
+    regression where the count is 1. Each sample goes through its own task's head (`task_ids`)."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: Sequence[int],
+        pooling: str = "cls",
+        head: str = "mlp",
+        loss_balance: str = "none",
+        task_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if loss_balance not in LOSS_BALANCES:
+            raise ValueError(f"unknown loss_balance {loss_balance!r}; expected one of {LOSS_BALANCES}")
+        if task_weights is not None and len(task_weights) != len(num_labels):
+            raise ValueError(f"task_weights has {len(task_weights)} entries for {len(num_labels)} tasks")
+        self.encoder = encoder
+        self.num_labels = list(num_labels)
+        self.pooling = pooling
+        self.loss_balance = loss_balance
+        self.task_weights = list(task_weights) if task_weights is not None else [1.0] * len(num_labels)
+        hidden = encoder.config.hidden_size
+        p = getattr(encoder.config, "hidden_dropout_prob", 0.1)
+        dtype = next(encoder.parameters()).dtype
+        self.heads = nn.ModuleList(_head(head, hidden, n, p).to(dtype) for n in self.num_labels)
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Checkpoints the encoder's layers (what HF Trainer calls for `gradient_checkpointing=true`); the heads are
+        too small to be worth recomputing."""
+        self.encoder.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+            every_n_layers=every_n_layers,
+            offload=offload,
+        )
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """Whether the encoder recomputes its activations in backward (HF Trainer reads it to configure DDP)."""
+        return self.encoder.is_activation_checkpointing
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Returns one vector per sequence: the first token's state, or the mean over real tokens."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        task_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        """Logits are [batch, max labels] (a task's first `num_labels[t]` columns; column 0 for regression);
+        the loss is each sample's loss under its own task, combined as `loss_balance` says."""
+        check_task_id_range(task_ids, len(self.heads), f"{len(self.heads)} task heads")
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        pooled = self.pool(hidden, attention_mask)
+        # Every head sees every row and the sample's own head is picked by indexing: heads of tasks absent from
+        # the batch then get zero gradients rather than none, so all ranks reduce the same gradients (ZeRO/DDP).
+        width = max(self.num_labels)
+        stacked = torch.stack(
+            [F.pad(head(pooled), (0, width - n)) for head, n in zip(self.heads, self.num_labels, strict=True)]
+        )
+        logits = stacked[task_ids, torch.arange(len(task_ids), device=task_ids.device)]
+        if labels is None:
+            return SequenceClassifierOutput(logits=logits)
+        total, task_means = logits.new_zeros((), dtype=torch.float32), []
+        for task, n in enumerate(self.num_labels):
+            rows = (task_ids == task).nonzero(as_tuple=True)[0]
+            if rows.numel() == 0:
+                continue
+            if n == 1:
+                loss = F.mse_loss(logits[rows, 0].float(), labels[rows].float(), reduction="none")
+            else:
+                loss = F.cross_entropy(logits[rows, :n].float(), labels[rows].long(), reduction="none")
+            loss = loss * self.task_weights[task]
+            total = total + loss.sum()
+            task_means.append(loss.mean())
+        loss = total / len(task_ids) if self.loss_balance == "none" else torch.stack(task_means).mean()
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _head(kind: str, hidden: int, num_labels: int, dropout: float) -> nn.Sequential:
+    if kind == "linear":
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+    # The BERT/RoBERTa classification head: dense + tanh on the pooled state, then the output projection.
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, num_labels)
+    )
