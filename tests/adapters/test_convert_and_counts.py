@@ -14,6 +14,7 @@ from mtllora.adapters import (
     use_tasks,
 )
 from mtllora.adapters.convert import from_official_mtl_lora, load_official_checkpoint, save_peft
+from mtllora.bench.formulations import official_mtl_lora
 
 from ..conftest import LLAMA_TARGETS, adapted, make_config, tiny_llama
 
@@ -40,15 +41,9 @@ def _official_state_dict(model, lambda_type="full", seed=0):
 
 
 def _official_forward(state, module_name, base_layer, x, ids, temperature):
-    """The official mLoRALinear forward (index_select + three bmm), written from the spec."""
-    a = state[f"{module_name}.lora_A"].index_select(0, torch.zeros_like(ids))
-    lam = state[f"{module_name}.lora_lambdas"]
-    lam = (lam if lam.dim() == 3 else torch.diag_embed(lam)).index_select(0, ids)
-    w = torch.softmax(state[f"{module_name}.lora_B_w"] / temperature, dim=-1, dtype=torch.float32).double()
-    b = state[f"{module_name}.lora_B"]
-    task_b = (w @ b.view(N_UP, -1)).view(-1, *b.shape[1:]).index_select(0, ids)
-    z = torch.bmm(torch.bmm(torch.bmm(x, a.transpose(1, 2)), lam.transpose(1, 2)), task_b.transpose(1, 2))
-    return base_layer(x) + z * (16 / R)
+    """The official mLoRALinear forward (the bench's oracle) on the checkpoint's tensors."""
+    official = [state[f"{module_name}.{key}"] for key in ("lora_A", "lora_lambdas", "lora_B", "lora_B_w")]
+    return official_mtl_lora(x, ids, base_layer, *official, scaling=16 / R, temperature=temperature)
 
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal"])

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtllora.adapters import AdapterConfig, apply_adapters
+from mtllora.bench.formulations import official_mtl_lora
 
 from ..conftest import NUM_TASKS, randomize_adapters
 
@@ -42,15 +43,19 @@ def _reference_mtl_lora(layer, x, ids):
 
 
 def _official_mtl_lora(layer, x, ids):
-    """The official code's formulation: per-sample index_select of A, Λ and the mixed B, three bmm's."""
-    o = layer.options
-    lam = layer.lora_lambda if o.lambda_type == "full" else torch.diag_embed(layer.lora_lambda)
-    a = layer.lora_A.unsqueeze(0).expand(len(ids), -1, -1)
-    w = torch.softmax(layer.lora_B_weight / o.temperature, dim=-1, dtype=torch.float32).to(layer.lora_B.dtype)
-    n, out, r = layer.lora_B.shape
-    task_b = (w @ layer.lora_B.view(n, -1)).view(-1, out, r)[ids]
-    z = torch.bmm(torch.bmm(torch.bmm(x, a.transpose(1, 2)), lam[ids].transpose(1, 2)), task_b.transpose(1, 2))
-    return layer.base_layer(x) + z * layer.scaling
+    """The official code's formulation (the bench's oracle) on our layer's parameters."""
+    official_a = layer.lora_A.unsqueeze(0)  # the official layout: [1, r, in]
+    return official_mtl_lora(
+        x,
+        ids,
+        layer.base_layer,
+        official_a,
+        layer.lora_lambda,
+        layer.lora_B,
+        layer.lora_B_weight,
+        layer.scaling,
+        layer.options.temperature,
+    )
 
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal"])

@@ -3,6 +3,8 @@
 Both are written here from the project spec's description of the official code (`mtl-lora-spec.md` §1.1 for
 MTL-LoRA, §2.3 for MultiLoRA), not copied from it. They exist to show what our kernels are compared against; they
 keep the official parameter layout (e.g. A as [1, r, in]) and compute the same function as our layers.
+`official_mtl_lora` is also the tests' independent oracle for our MTL-LoRA layer and for official checkpoint
+import: the one place the official formulation is written.
 """
 
 from __future__ import annotations
@@ -29,9 +31,37 @@ def _new_parameter(base: nn.Linear, *shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape, dtype=base.weight.dtype, device=base.weight.device))
 
 
+def official_mtl_lora(
+    x: torch.Tensor,
+    task_ids: torch.Tensor,
+    base_layer: nn.Module,
+    lora_A: torch.Tensor,
+    lora_lambdas: torch.Tensor,
+    lora_B: torch.Tensor,
+    lora_B_w: torch.Tensor,
+    scaling: float,
+    temperature: float,
+) -> torch.Tensor:
+    """MTL-LoRA's output for x [batch, tokens, in] as the official `mLoRALinear` computes it (spec §1.1), from
+    parameters in the official layout: lora_A [1, r, in], lora_lambdas [T, r, r] or [T, r] (diagonal), lora_B
+    [n, out, r], lora_B_w [T, n]. Mix all T up-projections, then per sample `index_select` A, Λ_t and the mixed
+    B̃_t, run three `bmm`s, and add the result out of place."""
+    num_up, out_features, r = lora_B.shape
+    p = torch.softmax(lora_B_w / temperature, dim=-1, dtype=torch.float32).to(lora_B.dtype)
+    mixed = (p @ lora_B.view(num_up, -1)).view(-1, out_features, r)  # B̃_t for every task
+    lambdas = lora_lambdas if lora_lambdas.dim() == 3 else torch.diag_embed(lora_lambdas)
+    a = lora_A.index_select(0, torch.zeros_like(task_ids))  # the shared A, gathered for every sample
+    z = torch.bmm(x, a.transpose(1, 2))
+    z = torch.bmm(z, lambdas.index_select(0, task_ids).transpose(1, 2))
+    y = torch.bmm(z, mixed.index_select(0, task_ids).transpose(1, 2))
+    # Step 5 of §1.1: out = F.linear(x, W, b) + y · s · tunable_scale, with tunable_scale = 1.0 (tunable_scaler
+    # off); both scalings are kept, as the official code runs them.
+    tunable_scale = 1.0
+    return base_layer(x) + y * scaling * tunable_scale
+
+
 class OfficialMTLLoRALinear(nn.Module):
-    """MTL-LoRA as the official `mLoRALinear` computes it (spec §1.1): mix all T up-projections, then per sample
-    `index_select` A, Λ_t and the mixed B̃_t, and run three `bmm`s; the result is added out of place."""
+    """MTL-LoRA as the official `mLoRALinear` computes it (`official_mtl_lora`), with its parameters and init."""
 
     def __init__(
         self,
@@ -49,7 +79,6 @@ class OfficialMTLLoRALinear(nn.Module):
             raise ValueError(f"lambda_type must be 'full' or 'diagonal', got {lambda_type!r}")
         self.base_layer = base_layer
         self.r, self.scaling, self.temperature, self.task_ids = r, alpha / r, temperature, task_ids
-        self.tunable_scale = 1.0
         out_features, in_features = base_layer.weight.shape
         self.lora_A = _new_parameter(base_layer, 1, r, in_features)
         lambda_shape = (num_tasks, r, r) if lambda_type == "full" else (num_tasks, r)
@@ -67,17 +96,17 @@ class OfficialMTLLoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_B_w, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = self.task_ids.ids
-        num_up, out_features, r = self.lora_B.shape
-        p = torch.softmax(self.lora_B_w / self.temperature, dim=-1, dtype=torch.float32).to(self.lora_B.dtype)
-        mixed = (p @ self.lora_B.view(num_up, -1)).view(-1, out_features, r)  # B̃_t for every task
-        lambdas = self.lora_lambdas if self.lora_lambdas.dim() == 3 else torch.diag_embed(self.lora_lambdas)
-        a = self.lora_A.index_select(0, torch.zeros_like(ids))  # the shared A, gathered for every sample
-        z = torch.bmm(x, a.transpose(1, 2))
-        z = torch.bmm(z, lambdas.index_select(0, ids).transpose(1, 2))
-        y = torch.bmm(z, mixed.index_select(0, ids).transpose(1, 2))
-        # Step 5 of §1.1: out = F.linear(x, W, b) + y · s · tunable_scale, tunable_scale = 1.0 (tunable_scaler off).
-        return self.base_layer(x) + y * self.scaling * self.tunable_scale
+        return official_mtl_lora(
+            x,
+            self.task_ids.ids,
+            self.base_layer,
+            self.lora_A,
+            self.lora_lambdas,
+            self.lora_B,
+            self.lora_B_w,
+            self.scaling,
+            self.temperature,
+        )
 
 
 class OfficialMultiLoRALinear(nn.Module):
