@@ -132,8 +132,9 @@ def _remove_router(model: nn.Module) -> None:
 
 def merge_task(model: nn.Module, task_id: int | None = None, inplace: bool = False) -> nn.Module:
     """Returns a plain model (no adapters, no task routing) whose outputs equal the adapted model's with every
-    sample on `task_id`: each adapter becomes one nn.Linear with the task's merged weight. Task-agnostic methods
-    take task_id=None. The original model is left untouched unless `inplace`."""
+    sample on `task_id`: each adapter becomes a layer of its base layer's type (nn.Linear or Conv1D) holding the
+    task's merged weight. Task-agnostic methods take task_id=None. The original model is left untouched unless
+    `inplace`."""
     config = get_adapter_config(model)
     if config.num_tasks is not None:
         if task_id is None:
