@@ -1,0 +1,420 @@
+"""Commonsense reasoning (commonsense_170k, LLM-Adapters format): tasks and ids, files, records, answer parsing.
+
+Records are LLM-Adapters instruction records: `{"instruction", "input", "output", "answer"}`, optionally with the
+task as `task` (a name of TASKS) or `task_id` (its position in TASKS). The instruction ends with the answer
+format, e.g. "...\\n\\nAnswer format: answer1/answer2/answer3"; the output is "the correct answer is <answer>".
+
+Files, under `data_dir` (the shared data root holding `commonsense/`, or the commonsense folder itself):
+`<task>/test.json` (LLM-Adapters `dataset/<task>/test.json`) and `train/<task>_train.json` (LLM-Adapters
+`dataset/<task>/train.json`). The union of the train files is `commonsense_170k.json`; `commonsense_170k_taskid.json`
+adds `task_id`. A combined file without ids gets them from `assign_task_ids`.
+
+Scoring follows the official evaluators of pUmpKin-Co/MTL-LoRA (spec §3.2): the first match of the task's answer
+pattern in the response, compared with the `answer` field. Mode "official" is `mlora_evaluate.py` (MTL-LoRA, MoELoRA,
+MultiLoRA, DoRA runs): a bare-digit fallback for the answerN tasks and a substring rule. Mode "strict" is
+`lora_evaluate.py` (the LoRA baseline): no fallback, exact equality.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+# Task id = position (pUmpKin-Co/MTL-LoRA mlora_evaluate.py `task_name_to_id`); names are the LLM-Adapters folders.
+TASKS: tuple[str, ...] = (
+    "boolq",
+    "piqa",
+    "social_i_qa",
+    "hellaswag",
+    "winogrande",
+    "ARC-Challenge",
+    "ARC-Easy",
+    "openbookqa",
+)
+TASK_IDS: dict[str, int] = {task: i for i, task in enumerate(TASKS)}
+MODES = ("official", "strict")
+
+# The official patterns, case-sensitive; the first match anywhere in the response is the prediction.
+_ANSWER = re.compile(r"answer1|answer2|answer3|answer4|answer5")
+ANSWER_PATTERNS: dict[str, re.Pattern[str]] = {
+    "boolq": re.compile(r"true|false"),
+    "piqa": re.compile(r"solution1|solution2"),
+    "social_i_qa": _ANSWER,
+    "hellaswag": re.compile(r"ending1|ending2|ending3|ending4"),
+    "winogrande": re.compile(r"option1|option2"),
+    "ARC-Challenge": _ANSWER,
+    "ARC-Easy": _ANSWER,
+    "openbookqa": _ANSWER,
+}
+# Official mode only, for these tasks, when the pattern finds nothing: the first digit 1-4 anywhere in the response
+# (the regex `1|2|3|4` is not anchored, so "12 apples" gives "1"; there is no 5). It counts through the substring
+# rule of `is_correct`: "2" in "answer2".
+DIGIT_FALLBACK = re.compile(r"1|2|3|4")
+DIGIT_FALLBACK_TASKS = frozenset({"social_i_qa", "ARC-Challenge", "ARC-Easy", "openbookqa"})
+
+_HELLASWAG_DERIVED_TEST = "test_reconstructed.json"
+_HELLASWAG_PARTIAL_TRAIN = "hellaswag_train_partial.json"
+_SOURCE_HINT = (
+    "Get it from AGI-Edgerunners/LLM-Adapters: dataset/{task}/{split}.json, saved as {layout} under data_dir "
+    "(data_dir, or MTLLORA_DATA_DIR, may be the shared data root holding commonsense/ or the commonsense folder)."
+)
+
+
+def _check_task(dataset: str) -> None:
+    if dataset not in TASK_IDS:
+        raise ValueError(f"unknown commonsense dataset {dataset!r}; expected one of {', '.join(TASKS)}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown scoring mode {mode!r}; expected one of {MODES}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Answer parsing
+
+
+def extract_answer(dataset: str, response: str, mode: str = "official") -> str:
+    """Returns the answer the response gives for `dataset` ("true", "solution2", "answer3", "3", ...), or "".
+
+    The first match of the task's case-sensitive pattern ("True." matches nothing for boolq); in official mode the
+    answerN tasks fall back to the first digit 1-4 of the response.
+    """
+    _check_task(dataset)
+    _check_mode(mode)
+    match = ANSWER_PATTERNS[dataset].search(response)
+    if match is None and mode == "official" and dataset in DIGIT_FALLBACK_TASKS:
+        match = DIGIT_FALLBACK.search(response)
+    return match.group() if match else ""
+
+
+def is_correct(prediction: str, label: str, mode: str = "official") -> bool:
+    """Whether an extracted prediction scores: official `label == pred or (pred != "" and pred in label)`, so a
+    fallback digit counts ("2" for "answer2"); strict: exact equality."""
+    _check_mode(mode)
+    if mode == "strict":
+        return prediction == label
+    return label == prediction or (prediction != "" and prediction in label)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records and files
+
+
+def load_records(path: str | os.PathLike[str]) -> list[Record]:
+    """Returns the records of an LLM-Adapters file: a JSON list, or JSON Lines (one object per line).
+
+    The kind is read from the first character ("[" a list, "{" JSON Lines). Every record must have string
+    `instruction`, `input` (may be "") and `output`; `answer` is an optional string, `task` an optional name of
+    TASKS, `task_id` an optional id 0-7 (both: they must agree). Other keys are kept. Errors name the file and the
+    record index (JSON Lines: also the line) or, for invalid JSON, the line and column.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    start = text.lstrip()[:1]
+    if start == "[":
+        records = _parse_json(path, text)  # a list: the text starts with "[" and parsed
+        where = [f"record {i}" for i in range(len(records))]
+    elif start == "{":
+        records, where = [], []
+        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
+            if line.strip():
+                records.append(_parse_json(path, line, line_offset=number - 1))
+                where.append(f"record {len(records) - 1} (line {number})")
+    else:
+        got = "an empty file" if not start else f"{start!r}"
+        raise ValueError(f"{path}: expected a JSON list of records or JSON Lines (one object per line), got {got}")
+    for record, place in zip(records, where, strict=True):
+        problem = _record_problem(record)
+        if problem:
+            raise ValueError(f"{path}: {place}: {problem}")
+    return records
+
+
+def _parse_json(path: Path, text: str, line_offset: int = 0) -> Any:
+    """Returns json.loads(text); invalid JSON is a ValueError naming the file, line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: invalid JSON at line {err.lineno + line_offset} column {err.colno}: {err.msg}"
+        ) from err
+
+
+def _record_problem(record: Any) -> str | None:
+    """Returns what is wrong with a record, or None."""
+    if not isinstance(record, dict):
+        return f"expected an object with instruction/input/output, got {type(record).__name__}"
+    for key in ("instruction", "input", "output"):
+        if key not in record:
+            return f"missing {key!r} (has {', '.join(map(repr, record)) or 'no keys'})"
+    for key in ("instruction", "input", "output", "answer"):
+        if key in record and not isinstance(record[key], str):
+            return f"{key!r} must be a string, got {type(record[key]).__name__} {record[key]!r:.60}"
+    task, task_id = record.get("task"), record.get("task_id")
+    if "task" in record and task not in TASK_IDS:
+        return f"unknown task {task!r}; expected one of {', '.join(TASKS)}"
+    if "task_id" in record:
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < len(TASKS):
+            return f"task_id must be an integer 0-{len(TASKS) - 1}, got {task_id!r}"
+        if "task" in record and TASKS[task_id] != task:
+            return f"task {task!r} and task_id {task_id} ({TASKS[task_id]}) disagree"
+    return None
+
+
+def _root(data_dir: str | os.PathLike[str]) -> Path:
+    """Returns the commonsense folder: `data_dir/commonsense` if it exists, else `data_dir`."""
+    data_dir = Path(data_dir)
+    return data_dir / "commonsense" if (data_dir / "commonsense").is_dir() else data_dir
+
+
+def test_file(data_dir: str | os.PathLike[str], dataset: str) -> Path:
+    """Returns `<data_dir>/<dataset>/test.json` (data_dir: the shared data root holding commonsense/, or that folder).
+
+    HellaSwag: LLM-Adapters' test.json if present, else `test_reconstructed.json`, a file derived from the official
+    validation set (same items, labels and order; WikiHow prompts without the [header]/[step] tags; data README).
+    """
+    _check_task(dataset)
+    folder = _root(data_dir) / dataset
+    names = ["test.json", _HELLASWAG_DERIVED_TEST] if dataset == "hellaswag" else ["test.json"]
+    for name in names:
+        if (folder / name).is_file():
+            if name == _HELLASWAG_DERIVED_TEST:
+                logger.info("hellaswag: using %s, reconstructed from the official validation set", folder / name)
+            return folder / name
+    tried = " or ".join(str(folder / name) for name in names)
+    hint = _SOURCE_HINT.format(task=dataset, split="test", layout=f"{dataset}/test.json")
+    raise FileNotFoundError(f"commonsense test set {dataset!r}: no file {tried}. {hint}")
+
+
+test_file.__test__ = False  # a library function named test_*, not a test for pytest to collect
+
+
+def load_test(data_dir: str | os.PathLike[str], dataset: str) -> list[Record]:
+    """Returns the test records of `dataset`; each must carry `answer` (the label the evaluation compares with)."""
+    path = test_file(data_dir, dataset)
+    records = load_records(path)
+    for i, record in enumerate(records):
+        if "answer" not in record:
+            raise ValueError(f"{path}: record {i}: missing 'answer' (the label of a test record)")
+    return records
+
+
+def train_files(data_dir: str | os.PathLike[str], missing_ok: bool = False) -> dict[str, Path]:
+    """Returns {task: `<data_dir>/train/<task>_train.json`} in TASKS order.
+
+    HellaSwag: `hellaswag_train.json`, else `hellaswag_train_partial.json` (the shared data has only the first 3,368
+    of its 39,905 rows; a warning says so). A missing file is an error naming all of them, unless `missing_ok`
+    (then the tasks found are returned).
+    """
+    folder = _root(data_dir) / "train"
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for task in TASKS:
+        names = [f"{task}_train.json", _HELLASWAG_PARTIAL_TRAIN] if task == "hellaswag" else [f"{task}_train.json"]
+        path = next((folder / name for name in names if (folder / name).is_file()), None)
+        if path is None:
+            missing.append(" or ".join(names))
+        else:
+            found[task] = path
+    if missing and not missing_ok:
+        hint = _SOURCE_HINT.format(task="<task>", split="train", layout="train/<task>_train.json")
+        raise FileNotFoundError(
+            f"commonsense train files missing in {folder}: {', '.join(missing)}. {hint} Or pass one combined file "
+            f"(commonsense_170k_taskid.json, or commonsense_170k.json) as train_file."
+        )
+    if found.get("hellaswag", Path()).name == _HELLASWAG_PARTIAL_TRAIN:
+        logger.warning("hellaswag: %s is partial (3,368 of 39,905 train rows)", found["hellaswag"])
+    return found
+
+
+def load_train(
+    data_dir: str | os.PathLike[str] | None = None, train_file: str | os.PathLike[str] | None = None
+) -> dict[str, list[Record]]:
+    """Returns {task: training records} in TASKS order, each record a copy with its `task_id` set (a task without
+    records maps to []).
+
+    From `train_file` when given: one combined file (commonsense_170k_taskid.json, commonsense_170k.json, or any file
+    `load_records` reads); records without `task_id`/`task` get one from `assign_task_ids`, using the per-task train
+    files under `data_dir` as reference when present; a record left without a task is an error saying how to fix
+    it. Otherwise from the per-task train files under `data_dir` (`train_files`); a record there that names another
+    task is an error.
+    """
+    grouped: dict[str, list[Record]] = {task: [] for task in TASKS}
+    if train_file is None:
+        if data_dir is None:
+            raise ValueError("load_train needs data_dir (per-task train files) or train_file (one combined file)")
+        for task, path in train_files(data_dir).items():
+            for i, record in enumerate(load_records(path)):
+                own = TASKS[record["task_id"]] if "task_id" in record else record.get("task", task)
+                if own != task:
+                    raise ValueError(f"{path}: record {i}: task {own!r} in the train file of {task!r}")
+                grouped[task].append({**record, "task_id": TASK_IDS[task]})
+        return grouped
+    records = load_records(train_file)
+    reference = None
+    if data_dir is not None and not all("task_id" in r or "task" in r for r in records):
+        present = train_files(data_dir, missing_ok=True)
+        reference = {task: load_records(path) for task, path in present.items()} or None
+    ids, report = assign_task_ids(records, reference)
+    if not report.complete:
+        raise ValueError(f"{train_file}: {report.summary()}")
+    for record, task_id in zip(records, ids, strict=True):
+        grouped[TASKS[task_id]].append({**record, "task_id": task_id})
+    logger.info("%s: %s", train_file, report.summary())
+    return grouped
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task ids for a combined file
+
+
+# Answer-format family (the option names without their numbers) -> the tasks that use it.
+_FAMILIES: dict[str, tuple[str, ...]] = {
+    "true/false": ("boolq",),
+    "solution": ("piqa",),
+    "ending": ("hellaswag",),
+    "option": ("winogrande",),
+    "answer": ("social_i_qa", "ARC-Challenge", "ARC-Easy", "openbookqa"),
+}
+_MULTIPLE_CHOICE_TASKS = ("ARC-Challenge", "ARC-Easy", "openbookqa")
+_FORMAT = re.compile(r"Answer format: (\S+)\s*$")
+_FIX = (
+    "Fix: train from commonsense_170k_taskid.json (every record carries task_id), or put the per-task train files "
+    "(train/<task>_train.json) under data_dir so that instructions are matched exactly."
+)
+
+
+def answer_format(instruction: str) -> tuple[str, int] | None:
+    """Returns (family, number of options) of the "Answer format: ..." suffix, e.g. ("answer", 3) for
+    "answer1/answer2/answer3" and ("true/false", 2); None when the instruction has no recognised format."""
+    match = _FORMAT.search(instruction)
+    if match is None:
+        return None
+    options = match.group(1).split("/")
+    if options == ["true", "false"]:
+        return "true/false", 2
+    family = options[0].rstrip("0123456789")
+    if family not in _FAMILIES or options != [f"{family}{i}" for i in range(1, len(options) + 1)]:
+        return None
+    return family, len(options)
+
+
+def format_candidates(instruction: str) -> tuple[str, ...]:
+    """Returns the tasks whose records can have this instruction's answer format (() if unrecognised)."""
+    form = answer_format(instruction)
+    return _FAMILIES[form[0]] if form else ()
+
+
+@dataclass
+class TaskIdReport:
+    """How `assign_task_ids` found each id, and the records it could not place."""
+
+    total: int = 0
+    # method -> records: "record" (own task_id/task), "reference" (exact instruction match), "format"
+    by_method: Counter[str] = field(default_factory=Counter)
+    # Assigned social_i_qa because the format has three answers (ARC has a few three-answer questions: 7 in train).
+    three_answer_rule: int = 0
+    # candidate tasks -> indices of the records that could be any of them
+    ambiguous: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
+    unrecognised: list[int] = field(default_factory=list)  # no task, no reference match, no known answer format
+    conflicts: list[str] = field(default_factory=list)  # a record's own task contradicts its answer format
+
+    @property
+    def complete(self) -> bool:
+        """True when every record has an id and none contradicts its format."""
+        return not (self.ambiguous or self.unrecognised or self.conflicts)
+
+    def summary(self) -> str:
+        """Returns one paragraph: counts per method, then every problem with examples and the fix."""
+        methods = ", ".join(f"{n:,} by {m}" for m, n in self.by_method.items())
+        parts = [f"Task ids for {self.total:,} records: {methods or 'none assigned'}"]
+        if self.three_answer_rule:
+            parts.append(
+                f"{self.three_answer_rule:,} of those by format are three-answer questions taken as social_i_qa "
+                f"(a few ARC questions also have three answers; a reference match avoids this)"
+            )
+        for candidates, indices in self.ambiguous.items():
+            parts.append(
+                f"{len(indices):,} records are ambiguous between {'/'.join(candidates)}: the answer format "
+                f"cannot tell them apart (first indices: {indices[:5]})"
+            )
+        if self.unrecognised:
+            parts.append(
+                f"{len(self.unrecognised):,} records have no task, no reference match and no known 'Answer format:' "
+                f"suffix (first indices: {self.unrecognised[:5]})"
+            )
+        if self.conflicts:
+            parts.append(f"{len(self.conflicts):,} records contradict their answer format: {self.conflicts[:3]}")
+        if not self.complete:
+            parts.append(_FIX)
+        return ". ".join(part.rstrip(".") for part in parts) + "."
+
+
+def assign_task_ids(
+    records: Sequence[Mapping[str, Any]], reference: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+) -> tuple[list[int | None], TaskIdReport]:
+    """Returns (task id or None per record, report) for records of a combined file such as commonsense_170k.json.
+
+    In order: the record's own `task_id`/`task` (checked against its answer format); else the task of the
+    reference records (e.g. the per-task train files) with exactly the same instruction; else the answer format
+    where it names one task (true/false boolq, solutionN piqa, endingN hellaswag, optionN winogrande) or has three
+    answers (social_i_qa; counted in the report, as a few ARC questions have three answers too). ARC-Challenge,
+    ARC-Easy and openbookqa share the answerN format: such records stay None and are reported as ambiguous,
+    never guessed.
+    """
+    index: dict[str, set[str]] = {}
+    for task, task_records in (reference or {}).items():
+        _check_task(task)
+        for record in task_records:
+            index.setdefault(record["instruction"], set()).add(task)
+    report = TaskIdReport(total=len(records))
+    ids: list[int | None] = []
+    for i, record in enumerate(records):
+        instruction = record["instruction"]
+        candidates = format_candidates(instruction)
+        own = TASKS[record["task_id"]] if "task_id" in record else record.get("task")
+        if own is not None:
+            if candidates and own not in candidates:
+                report.conflicts.append(f"record {i}: task {own!r}, answer format of {'/'.join(candidates)}")
+            report.by_method["record"] += 1
+            ids.append(TASK_IDS[own])
+            continue
+        matched = sorted(index.get(instruction, ()), key=TASK_IDS.__getitem__)
+        narrowed = [t for t in matched if t in candidates] if len(matched) > 1 and candidates else matched
+        if len(narrowed) == 1:
+            report.by_method["reference"] += 1
+            ids.append(TASK_IDS[narrowed[0]])
+            continue
+        form = answer_format(instruction)
+        if len(narrowed) > 1:
+            task, candidates = None, tuple(narrowed)
+        elif len(candidates) == 1:
+            task = candidates[0]
+        elif form == ("answer", 3):
+            task = "social_i_qa"
+            report.three_answer_rule += 1
+        else:
+            task = None
+            candidates = tuple(t for t in candidates if t in _MULTIPLE_CHOICE_TASKS)
+        if task is not None:
+            report.by_method["format"] += 1
+            ids.append(TASK_IDS[task])
+        elif candidates:
+            report.ambiguous.setdefault(candidates, []).append(i)
+            ids.append(None)
+        else:
+            report.unrecognised.append(i)
+            ids.append(None)
+    return ids, report
