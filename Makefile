@@ -60,3 +60,9 @@ sweep-glue-cpu: install
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
+
+# The prepared device check (README "GPU check"); CPU mode where there is no CUDA. On the device machine run
+# `bash scripts/gpu-check.sh` directly (no venv there).
+.PHONY: gpu-check
+gpu-check: install
+	PYTHON=$(PY) bash scripts/gpu-check.sh
