@@ -10,6 +10,7 @@ output gradient), and DoRA scales the sum by its magnitude out of place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -211,6 +212,17 @@ class AdapterLinear(nn.Module):
     def base_weight(self) -> torch.Tensor:
         """Returns the frozen base weight as [out, in] (a transposed view for Conv1D)."""
         return weight_out_in(self.base_layer)
+
+    def gathered_base(self) -> contextlib.AbstractContextManager:
+        """Returns a context in which the base layer's weight and bias are whole. DeepSpeed ZeRO-3 partitions them
+        across ranks except during the base layer's own forward, so a method that reads them outside it (DoRA's
+        norms and bias) must gather them; without ZeRO-3 this is a no-op."""
+        partitioned = [p for p in self.base_layer.parameters(recurse=False) if hasattr(p, "ds_id")]
+        if not partitioned:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
 
     def new_parameter(self, *shape: int) -> nn.Parameter:
         """Returns an uninitialised parameter in the adapter dtype (see `AdapterConfig.adapter_dtype`), on the base

@@ -75,20 +75,21 @@ class DoRALinear(AdapterLinear):
         x2d, out = self.base_forward(x)
         x_d = self.dropout(x2d)
         z = F.linear(x_d, self.lora_A.to(x_d.dtype))
-        g = (self.lora_magnitude / self.weight_norm()).to(out.dtype)
-        bias = self.base_layer.bias
-        if isinstance(self.dropout, nn.Identity) or not self.training:
-            # g ⊙ (W x + s·B A x) + b
-            if bias is not None:
-                out.sub_(bias)
-            self.add_up_projection_(out, z, self.lora_B, alpha=self.scaling)
-            out = out * g if bias is None else torch.addcmul(bias, out, g)
-        else:
-            # (W x + b − W x_d) + g ⊙ (W x_d + s·B A x_d)
-            wx_d = F.linear(x_d, self.base_weight())
-            out.sub_(wx_d)
-            self.add_up_projection_(wx_d, z, self.lora_B, alpha=self.scaling)
-            out = torch.addcmul(out, wx_d, g)
+        with self.gathered_base():  # W and b are read outside the base layer's forward (ZeRO-3 partitions them)
+            g = (self.lora_magnitude / self.weight_norm()).to(out.dtype)
+            bias = self.base_layer.bias
+            if isinstance(self.dropout, nn.Identity) or not self.training:
+                # g ⊙ (W x + s·B A x) + b
+                if bias is not None:
+                    out.sub_(bias)
+                self.add_up_projection_(out, z, self.lora_B, alpha=self.scaling)
+                out = out * g if bias is None else torch.addcmul(bias, out, g)
+            else:
+                # (W x + b − W x_d) + g ⊙ (W x_d + s·B A x_d)
+                wx_d = F.linear(x_d, self.base_weight())
+                out.sub_(wx_d)
+                self.add_up_projection_(wx_d, z, self.lora_B, alpha=self.scaling)
+                out = torch.addcmul(out, wx_d, g)
         return self.finish(out, x)
 
     def _direction(self) -> tuple[torch.Tensor, torch.Tensor]:
