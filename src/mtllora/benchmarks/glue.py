@@ -193,6 +193,10 @@ class MultiTaskClassifier(nn.Module):
             offload=offload,
         )
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """The same under its pre-5.2x name, which older transformers' Trainer calls."""
+        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
     @property
     def is_activation_checkpointing(self) -> bool:
         """Whether the encoder recomputes its activations in backward (HF Trainer reads it to configure DDP)."""

@@ -1,0 +1,113 @@
+"""What every generative benchmark needs: batched generation, each sample under its own task id.
+
+Prompts are sorted by length and generated in left-padded batches (greedy or beam search), so that a batch wastes
+little on padding; every row of a batch runs under its own task id (`use_tasks`), so tasks can share a batch.
+Evaluation is sharded over ranks (rank r takes every world-th prompt) and gathered on every rank; under DeepSpeed
+ZeRO-3 all ranks step through the same number of `generate` calls (`synced_gpus`). Outputs come back in the
+prompts' order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from ..adapters import use_tasks
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _task_context(model: nn.Module, task_ids: list[int] | None):
+    """`use_tasks` for a model with adapters; a model without adapters (the zero-shot base) needs no ids."""
+    if task_ids is None or getattr(model, "_mtllora", None) is None:
+        return contextlib.nullcontext()
+    return use_tasks(model, torch.tensor(task_ids))
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    task_ids: Sequence[int] | None = None,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 32,
+    num_beams: int = 1,
+    synced_gpus: bool = False,
+    desc: str = "generate",
+) -> list[str]:
+    """Returns the decoded continuation of every prompt (special tokens skipped), in the prompts' order.
+
+    Greedy when `num_beams` is 1, else deterministic beam search; `task_ids[i]` is prompt i's task (None: a
+    task-agnostic model). Under several ranks each generates its share and all ranks return every output;
+    `synced_gpus=True` is required under DeepSpeed ZeRO-3, where every rank must join every forward."""
+    if task_ids is not None and len(task_ids) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(task_ids)} task ids; pass one task id per prompt")
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no pad token; set one (e.g. the unk or eos token)")
+    rank, world = _rank_and_world()
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))[rank::world]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    real = len(batches)
+    if synced_gpus and world > 1:
+        # Every rank runs as many generate() calls as the busiest one; the extra calls' outputs are dropped.
+        most = torch.tensor([real])
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        batches += [batches[-1] if batches else [0]] * (int(most) - real)
+
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs: dict[int, str] = {}
+    try:
+        for index, batch in enumerate(tqdm(batches, desc=desc, disable=rank != 0 or not batches)):
+            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)
+            ids = None if task_ids is None else [int(task_ids[i]) for i in batch]
+            with _task_context(model, ids):
+                generated = model.generate(
+                    **encoded,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=num_beams,
+                    pad_token_id=tokenizer.pad_token_id,
+                    synced_gpus=synced_gpus,
+                )
+            texts = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+            if index < real:
+                outputs.update(zip(batch, texts, strict=True))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    if world > 1:
+        shards: list[dict[int, str]] = [{} for _ in range(world)]
+        dist.all_gather_object(shards, outputs)
+        outputs = {i: text for shard in shards for i, text in shard.items()}
+    return [outputs[i] for i in range(len(prompts))]
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Writes one JSON object per line (UTF-8, atomically) and returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,336 @@
+"""Multi-task instruction tuning of a causal LM, evaluated by generation: any user's own multi-task data.
+
+Records are `{instruction, input, output, answer?, task | task_id}` in JSON lists or JSONL files. Training
+follows the official MTL-LoRA recipe (Alpaca prompt, prompt tokens masked out of the loss, `cutoff_len`, EOS when
+it fits); evaluation generates an answer for every test record under its task's id and scores what the task's
+extractor finds in it against the record's `answer` (or its `output` when there is none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    Trainer,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from ..models import ModelConfig, load_pretrained, load_tokenizer
+from .base import Benchmark
+from .generation import generate, write_jsonl
+
+# The official training prompt (mlora_finetune.py), whitespace included: the 16-space indentation and the trailing
+# spaces of its f-strings are part of what the model learns. The official evaluator's copy differs in whitespace
+# (one trailing space, unindented blank lines); here one template serves both, so they are byte-identical.
+_HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request.  "
+_HEADER_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request. "
+)
+_INDENT = " " * 16
+
+
+def alpaca_prompt(instruction: str, input: str = "", output: str = "") -> str:
+    """Returns the official Alpaca-style prompt; with `output=""` it is the prompt that generation continues."""
+    parts = [f"### Instruction:\n{_INDENT}{instruction}\n{_INDENT}\n"]
+    if input:
+        parts.append(f"{_INDENT}### Input:\n{_INDENT}{input}\n{_INDENT}\n")
+    parts.append(f"{_INDENT}### Response:\n{_INDENT}{output}")
+    return f"{_HEADER_INPUT if input else _HEADER}\n\n{_INDENT}" + "".join(parts)
+
+
+class RecordError(ValueError):
+    """A data record is malformed (the message names the file and the record's index)."""
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Returns the records of a JSON list or JSONL file, each checked for string `instruction`, `input`, `output`
+    (and `answer` when present); raises RecordError naming the file and the first bad record."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no data file {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if text.lstrip().startswith("["):
+            records = json.loads(text)
+        else:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{path}: not valid JSON or JSONL ({err})") from err
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise RecordError(f"{path} record {index}: expected an object, got {type(record).__name__}")
+        for key in ("instruction", "input", "output", "answer"):
+            if (key in record or key != "answer") and not isinstance(record.get(key), str):
+                raise RecordError(f"{path} record {index}: {key!r} must be a string, got {record.get(key)!r}")
+    return records
+
+
+class InstructBenchmark(Benchmark):
+    """Multi-task instruction data: `train_files` (records name their `task` or `task_id`) and `test_files`
+    ({task: file}); task i of `tasks` has task id i. Scoring: `answer_patterns` ({task: regex}) extracts the
+    answer from a response (first match; group 1 if the regex has a group), else the stripped first line is the
+    answer; it is correct when it equals the label."""
+
+    def __init__(
+        self,
+        tasks: Sequence[str] | None,
+        train_files: Sequence[str | Path],
+        test_files: Mapping[str, str | Path],
+        name: str = "instruct",
+        cache_dir: str | Path = "data/cache",
+        cutoff_len: int = 256,
+        train_on_inputs: bool = False,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        eval_batch_size: int = 16,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        answer_patterns: Mapping[str, str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.name = name
+        self.train_files = [Path(f) for f in train_files]
+        # Without a configured list, tasks are the records' `task` names in order of first appearance.
+        self.tasks = list(tasks) if tasks is not None else self._tasks_in_data()
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must be a non-empty list without repeats, got {list(tasks)}")
+        missing = [t for t in self.tasks if t not in test_files]
+        unknown = sorted(set(test_files) - set(self.tasks)) + sorted(set(answer_patterns or {}) - set(self.tasks))
+        if missing or unknown:
+            raise ValueError(
+                f"test_files must name a file for each of tasks {self.tasks}: missing {missing}, "
+                f"unknown task(s) {unknown}"
+            )
+        self.test_files = {t: Path(f) for t, f in test_files.items()}
+        self.cutoff_len = cutoff_len
+        self.train_on_inputs = train_on_inputs
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.eval_batch_size = eval_batch_size
+        self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
+        self.answer_patterns = {t: re.compile(p) for t, p in (answer_patterns or {}).items()}
+        self.cache_dir = Path(cache_dir)
+        self.seed = seed
+
+    # --- what a subclass (e.g. commonsense) changes ---------------------------------------------------------
+
+    def prompt(self, record: Mapping[str, Any], output: str = "") -> str:
+        """Returns the record's prompt, continued by `output` (the training target) or by nothing (evaluation)."""
+        return alpaca_prompt(record["instruction"], record["input"], output)
+
+    def extract_answer(self, task: str, response: str) -> str:
+        """Returns the answer found in a generated response ("" when the task's pattern matches nothing)."""
+        pattern = self.answer_patterns.get(task)
+        if pattern is None:
+            return response.strip().split("\n", 1)[0].strip()
+        match = pattern.search(response)
+        return "" if match is None else match.group(1 if pattern.groups else 0)
+
+    def is_correct(self, task: str, prediction: str, label: str) -> bool:
+        """Returns whether an extracted answer counts as correct for the label."""
+        return prediction == label.strip()
+
+    def train_records(self) -> list[dict[str, Any]]:
+        """Returns the training records, each with an integer `task_id`."""
+        return [r for path in self.train_files for r in self._with_task_ids(read_records(path), path)]
+
+    def test_records(self, task: str) -> list[dict[str, Any]]:
+        """Returns the evaluation records of `task` (a fixed seeded subsample when max_eval_samples is set)."""
+        return self._subsample(read_records(self.test_files[task]), self.max_eval_samples, seed=0)
+
+    # --- the Benchmark interface ----------------------------------------------------------------------------
+
+    def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+        config = AutoConfig.from_pretrained(model_cfg.name_or_path, gguf_file=model_cfg.gguf_file)
+        causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+        # What the checkpoint holds matters: BERT has a causal-LM class, but a BertModel checkpoint is an encoder.
+        saved = config.architectures or []
+        if causal is None or (saved and causal not in saved and not any(a.endswith("ForCausalLM") for a in saved)):
+            raise ValueError(
+                f"{self.name} trains a causal LM, but model {model_cfg.name!r} ({model_cfg.name_or_path}) is a "
+                f"{config.model_type!r} model ({', '.join(saved) or 'no architecture'}) without a causal-LM head "
+                f"(e.g. LlamaForCausalLM, Qwen2ForCausalLM)"
+            )
+        model = load_pretrained(model_cfg, AutoModelForCausalLM)
+        tokenizer = load_tokenizer(model_cfg)
+        if tokenizer.pad_token_id is None:
+            # The official recipe pads with unk (id 0 for LLaMA-2); models without unk pad with eos.
+            tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return model, tokenizer
+
+    def train_dataset(self, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+        per_task: dict[int, list[dict[str, Any]]] = {}
+        for record in self.train_records():
+            per_task.setdefault(record["task_id"], []).append(record)
+        records = [
+            r
+            for task_id in sorted(per_task)
+            for r in self._subsample(per_task[task_id], self.max_train_samples, seed=self.seed + task_id)
+        ]
+        dataset = Dataset.from_list(
+            [
+                {"instruction": r["instruction"], "input": r["input"], "output": r["output"], "task_ids": r["task_id"]}
+                for r in records
+            ]
+        )
+        tokenized = dataset.map(
+            self._tokenize,
+            fn_kwargs={"tokenizer": tokenizer},
+            remove_columns=["instruction", "input", "output"],
+            desc="tokenize",
+            cache_file_name=str(self._cache_file(tokenizer, records)),
+        )
+        kept = tokenized.filter(lambda row: any(label != -100 for label in row["labels"]), desc="drop empty targets")
+        dropped = len(tokenized) - len(kept)
+        if dropped:
+            warnings.warn(
+                f"{dropped} of {len(tokenized)} training records have a prompt of {self.cutoff_len} tokens or more "
+                f"(cutoff_len) and no target token left; they are left out",
+                stacklevel=2,
+            )
+        return kept
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        return DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8, label_pad_token_id=-100)
+
+    def evaluate(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict[str, float]]:
+        records = {task: self.test_records(task) for task in self.tasks}
+        prompts = [self.prompt(r) for task in self.tasks for r in records[task]]
+        task_ids = [i for i, task in enumerate(self.tasks) for _ in records[task]]
+        ds_config = trainer.args.hf_deepspeed_config.config if trainer.is_deepspeed_enabled else {}
+        responses = iter(
+            generate(
+                trainer.model,
+                tokenizer,
+                prompts,
+                task_ids,
+                batch_size=self.eval_batch_size,
+                max_new_tokens=self.max_new_tokens,
+                num_beams=self.num_beams,
+                synced_gpus=ds_config.get("zero_optimization", {}).get("stage") == 3,
+                desc=f"{self.name} eval",
+            )
+        )
+        results = {}
+        for task in self.tasks:
+            rows = []
+            for index, record in enumerate(records[task]):
+                response = next(responses)
+                label = record.get("answer", record["output"])
+                prediction = self.extract_answer(task, response)
+                rows.append(
+                    {
+                        "index": index,
+                        "label": label,
+                        "response": response,
+                        "prediction": prediction,
+                        "correct": self.is_correct(task, prediction, label),
+                    }
+                )
+            if trainer.is_world_process_zero():
+                write_jsonl(Path(trainer.args.output_dir) / "predictions" / f"{task}.jsonl", rows)
+            results[task] = {
+                "accuracy": float(np.mean([row["correct"] for row in rows])),
+                "no_answer": float(np.mean([row["prediction"] == "" for row in rows])),
+            }
+        return results
+
+    def task_score(self, metrics: Mapping[str, float]) -> float:
+        return 100.0 * metrics["accuracy"]
+
+    def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
+        return float(np.mean([self.task_score(m) for m in results.values()]))
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _tasks_in_data(self) -> list[str]:
+        names: dict[str, None] = {}
+        for path in self.train_files:
+            for index, record in enumerate(read_records(path)):
+                if not isinstance(record.get("task"), str):
+                    raise RecordError(
+                        f"{path} record {index}: without benchmark.tasks every record needs a 'task' name, got "
+                        f"{record.get('task')!r}"
+                    )
+                names[record["task"]] = None
+        return list(names)
+
+    def _with_task_ids(self, records: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+        out = []
+        for index, record in enumerate(records):
+            if "task_id" in record:
+                task_id = record["task_id"]
+                if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < len(self.tasks):
+                    raise RecordError(
+                        f"{path} record {index}: task_id {task_id!r} is out of range for tasks {self.tasks} "
+                        f"(valid ids 0..{len(self.tasks) - 1})"
+                    )
+            elif record.get("task") in self.tasks:
+                task_id = self.tasks.index(record["task"])
+            else:
+                raise RecordError(
+                    f"{path} record {index}: needs a 'task' (one of {self.tasks}) or an integer 'task_id', got "
+                    f"task={record.get('task')!r}"
+                )
+            out.append({**record, "task_id": task_id})
+        return out
+
+    @staticmethod
+    def _subsample(records: list[dict[str, Any]], cap: int | None, seed: int) -> list[dict[str, Any]]:
+        if cap is None or cap >= len(records):
+            return records
+        keep = np.sort(np.random.default_rng(seed).permutation(len(records))[:cap])
+        return [records[i] for i in keep]
+
+    def _tokenize(self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        """The official tokenisation: truncate to cutoff_len, append EOS when there is room, and mask the prompt
+        (the template with an empty output) out of the labels unless train_on_inputs."""
+        ids = tokenizer(self.prompt(row, row["output"]), truncation=True, max_length=self.cutoff_len)["input_ids"]
+        if ids[-1] != tokenizer.eos_token_id and len(ids) < self.cutoff_len:
+            ids = [*ids, tokenizer.eos_token_id]
+        labels = list(ids)
+        if not self.train_on_inputs:
+            prompt_ids = tokenizer(self.prompt(row), truncation=True, max_length=self.cutoff_len)["input_ids"]
+            labels = [-100] * len(prompt_ids) + labels[len(prompt_ids) :]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels[: len(ids)]}
+
+    def _cache_file(self, tokenizer: PreTrainedTokenizerBase, records: list[dict[str, Any]]) -> Path:
+        """A tokenisation cache under data/cache, keyed by everything the tokenised set depends on."""
+        key = hashlib.sha256()
+        key.update(
+            json.dumps(
+                [
+                    type(self).__name__,
+                    self.cutoff_len,
+                    self.train_on_inputs,
+                    tokenizer.name_or_path,
+                    len(tokenizer),
+                    tokenizer.eos_token_id,
+                    self.prompt({"instruction": "i", "input": ""}),
+                ]
+            ).encode()
+        )
+        for record in records:
+            key.update(
+                json.dumps([record["instruction"], record["input"], record["output"], record["task_id"]]).encode()
+            )
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return self.cache_dir / f"{self.name}-{key.hexdigest()[:16]}.arrow"
