@@ -81,11 +81,11 @@ def test_a_prompt_longer_than_the_cutoff_is_reported_and_left_out(tiny_llama_dir
 def test_malformed_records_name_the_file_and_the_record(tmp_path):
     bad_json = tmp_path / "bad.json"
     bad_json.write_text('[{"instruction": "a", "input": "", "output": "b"},')
-    with pytest.raises(RecordError, match=f"{bad_json}: not valid JSON"):
+    with pytest.raises(RecordError, match=f"{bad_json}: invalid JSON at line 1 column 51"):
         read_records(bad_json)
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a", "input": ""}\n')
-    with pytest.raises(RecordError, match=f"{missing} record 1: 'output' must be a string, got None"):
+    with pytest.raises(RecordError, match=f"{missing}: record 1 \\(line 2\\): missing 'output'"):
         read_records(missing)
     out_of_range = tmp_path / "ids.jsonl"
     out_of_range.write_text('{"instruction": "a", "input": "", "output": "b", "task_id": 2}\n')

@@ -17,7 +17,6 @@ MultiLoRA, DoRA runs): a bare-digit fallback for the answerN tasks and a substri
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .instruct import InstructBenchmark, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -113,55 +114,13 @@ def is_correct(prediction: str, label: str, mode: str = "official") -> bool:
 
 
 def load_records(path: str | os.PathLike[str]) -> list[Record]:
-    """Returns the records of an LLM-Adapters file: a JSON list, or JSON Lines (one object per line).
-
-    The kind is read from the first character ("[" a list, "{" JSON Lines). Every record must have string
-    `instruction`, `input` (may be "") and `output`; `answer` is an optional string, `task` an optional name of
-    TASKS, `task_id` an optional id 0-7 (both: they must agree). Other keys are kept. Errors name the file and the
-    record index (JSON Lines: also the line) or, for invalid JSON, the line and column.
-    """
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    start = text.lstrip()[:1]
-    if start == "[":
-        records = _parse_json(path, text)  # a list: the text starts with "[" and parsed
-        where = [f"record {i}" for i in range(len(records))]
-    elif start == "{":
-        records, where = [], []
-        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
-            if line.strip():
-                records.append(_parse_json(path, line, line_offset=number - 1))
-                where.append(f"record {len(records) - 1} (line {number})")
-    else:
-        got = "an empty file" if not start else f"{start!r}"
-        raise ValueError(f"{path}: expected a JSON list of records or JSON Lines (one object per line), got {got}")
-    for record, place in zip(records, where, strict=True):
-        problem = _record_problem(record)
-        if problem:
-            raise ValueError(f"{path}: {place}: {problem}")
-    return records
+    """Returns the records of an LLM-Adapters file (`read_records`: a JSON list or JSON Lines), where `task` must
+    also be a name of TASKS and `task_id` an id 0-7 (both: they must agree). Errors name the file and the record."""
+    return read_records(path, check=_task_problem)
 
 
-def _parse_json(path: Path, text: str, line_offset: int = 0) -> Any:
-    """Returns json.loads(text); invalid JSON is a ValueError naming the file, line and column."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}: invalid JSON at line {err.lineno + line_offset} column {err.colno}: {err.msg}"
-        ) from err
-
-
-def _record_problem(record: Any) -> str | None:
-    """Returns what is wrong with a record, or None."""
-    if not isinstance(record, dict):
-        return f"expected an object with instruction/input/output, got {type(record).__name__}"
-    for key in ("instruction", "input", "output"):
-        if key not in record:
-            return f"missing {key!r} (has {', '.join(map(repr, record)) or 'no keys'})"
-    for key in ("instruction", "input", "output", "answer"):
-        if key in record and not isinstance(record[key], str):
-            return f"{key!r} must be a string, got {type(record[key]).__name__} {record[key]!r:.60}"
+def _task_problem(record: Record) -> str | None:
+    """Returns what is wrong with a record's `task`/`task_id`, or None."""
     task, task_id = record.get("task"), record.get("task_id")
     if "task" in record and task not in TASK_IDS:
         return f"unknown task {task!r}; expected one of {', '.join(TASKS)}"
@@ -418,3 +377,50 @@ def assign_task_ids(
             report.unrecognised.append(i)
             ids.append(None)
     return ids, report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+class CommonsenseBenchmark(InstructBenchmark):
+    """Commonsense reasoning as the paper trains and scores it: one adapter on the eight training sets, greedy
+    generation on the eight test sets, the official answer parsing (`mode`). Task i of `tasks` has id i; the
+    default order is the official mapping (boolq 0 ... openbookqa 7), which official checkpoints assume."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None,
+        train_file: str | os.PathLike[str] | None = None,
+        tasks: Sequence[str] = TASKS,
+        mode: str = "official",
+        name: str = "commonsense",
+        **kwargs: Any,
+    ) -> None:
+        if data_dir is None:
+            raise ValueError(
+                "commonsense needs a local copy of the LLM-Adapters data (AGI-Edgerunners/LLM-Adapters dataset/: "
+                "<task>/test.json; train/<task>_train.json or a combined commonsense_170k_taskid.json as "
+                "benchmark.train_file): set MTLLORA_DATA_DIR or paths.data_dir"
+            )
+        for task in tasks:
+            _check_task(task)
+        _check_mode(mode)
+        self.data_dir = Path(data_dir)
+        self.train_file = None if train_file is None else Path(train_file)
+        self.mode = mode
+        test_files = {task: test_file(data_dir, task) for task in tasks}  # a missing one says where to get it
+        super().__init__(tasks=list(tasks), train_files=[], test_files=test_files, name=name, **kwargs)
+
+    def train_records(self) -> list[Record]:
+        grouped = load_train(self.data_dir, self.train_file)
+        return [{**r, "task_id": i} for i, task in enumerate(self.tasks) for r in grouped[task]]
+
+    def test_records(self, task: str) -> list[Record]:
+        return self._subsample(load_test(self.data_dir, task), self.max_eval_samples, seed=0)
+
+    def extract_answer(self, task: str, response: str) -> str:
+        return extract_answer(task, response, self.mode)
+
+    def is_correct(self, task: str, prediction: str, label: str) -> bool:
+        return is_correct(prediction, label, self.mode)

@@ -56,27 +56,56 @@ class RecordError(ValueError):
     """A data record is malformed (the message names the file and the record's index)."""
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Returns the records of a JSON list or JSONL file, each checked for string `instruction`, `input`, `output`
-    (and `answer` when present); raises RecordError naming the file and the first bad record."""
+def read_records(path: str | Path, check: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
+    """Returns the records of a JSON list or JSON Lines file (one object per line; the first character decides),
+    each checked for string `instruction`, `input` (may be "") and `output`, and a string `answer` when present;
+    other keys are kept; `check` may add a benchmark's own rule (it returns the problem, or None). Raises
+    RecordError naming the file and the record (and line) or, for invalid JSON, the line and column."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no data file {path}")
     text = path.read_text(encoding="utf-8")
-    try:
-        if text.lstrip().startswith("["):
-            records = json.loads(text)
-        else:
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise RecordError(f"{path}: not valid JSON or JSONL ({err})") from err
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise RecordError(f"{path} record {index}: expected an object, got {type(record).__name__}")
-        for key in ("instruction", "input", "output", "answer"):
-            if (key in record or key != "answer") and not isinstance(record.get(key), str):
-                raise RecordError(f"{path} record {index}: {key!r} must be a string, got {record.get(key)!r}")
+    start = text.lstrip()[:1]
+    if start == "[":
+        records = _parse_json(path, text)
+        where = [f"record {i}" for i in range(len(records))]
+    elif start == "{":
+        records, where = [], []
+        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
+            if line.strip():
+                records.append(_parse_json(path, line, line_offset=number - 1))
+                where.append(f"record {len(records) - 1} (line {number})")
+    else:
+        got = "an empty file" if not start else f"{start!r}"
+        raise RecordError(f"{path}: expected a JSON list of records or JSON Lines (one object per line), got {got}")
+    for record, place in zip(records, where, strict=True):
+        problem = _record_problem(record) or (check(record) if check is not None else None)
+        if problem:
+            raise RecordError(f"{path}: {place}: {problem}")
     return records
+
+
+def _parse_json(path: Path, text: str, line_offset: int = 0) -> Any:
+    """Returns json.loads(text); invalid JSON is a RecordError naming the file, line and column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecordError(
+            f"{path}: invalid JSON at line {err.lineno + line_offset} column {err.colno}: {err.msg}"
+        ) from err
+
+
+def _record_problem(record: Any) -> str | None:
+    """Returns what is wrong with an instruction record, or None."""
+    if not isinstance(record, dict):
+        return f"expected an object with instruction/input/output, got {type(record).__name__}"
+    for key in ("instruction", "input", "output"):
+        if key not in record:
+            return f"missing {key!r} (has {', '.join(map(repr, record)) or 'no keys'})"
+    for key in ("instruction", "input", "output", "answer"):
+        if key in record and not isinstance(record[key], str):
+            return f"{key!r} must be a string, got {type(record[key]).__name__} {record[key]!r:.60}"
+    return None
 
 
 class InstructBenchmark(Benchmark):
@@ -267,7 +296,7 @@ class InstructBenchmark(Benchmark):
             for index, record in enumerate(read_records(path)):
                 if not isinstance(record.get("task"), str):
                     raise RecordError(
-                        f"{path} record {index}: without benchmark.tasks every record needs a 'task' name, got "
+                        f"{path}: record {index}: without benchmark.tasks every record needs a 'task' name, got "
                         f"{record.get('task')!r}"
                     )
                 names[record["task"]] = None
@@ -287,7 +316,7 @@ class InstructBenchmark(Benchmark):
                 task_id = self.tasks.index(record["task"])
             else:
                 raise RecordError(
-                    f"{path} record {index}: needs a 'task' (one of {self.tasks}) or an integer 'task_id', got "
+                    f"{path}: record {index}: needs a 'task' (one of {self.tasks}) or an integer 'task_id', got "
                     f"task={record.get('task')!r}"
                 )
             out.append({**record, "task_id": task_id})
