@@ -77,3 +77,17 @@ def test_batched_evaluation_equals_one_by_one(commonsense_dir, llama_dir, tmp_pa
     assert predictions[8] == predictions[1]
     responses = [json.loads(line)["response"] for text in predictions[8][1].values() for line in text.splitlines()]
     assert len(set(responses)) > 1  # the tiny model says different things to different prompts
+
+
+def test_a_combined_train_file_may_be_a_url(commonsense_dir, tmp_path):
+    from .test_commonsense import fixture_records, with_task_ids, write_json
+
+    records = [r for rs in with_task_ids(fixture_records("train")).values() for r in rs]
+    combined = write_json(tmp_path / "web" / "commonsense_170k_taskid.json", records)
+    bench = CommonsenseBenchmark(commonsense_dir, train_file=combined.as_uri(), cache_dir=tmp_path / "cache")
+    loaded = sorted((r["instruction"], r["task_id"]) for r in bench.train_records())
+    assert loaded == sorted((r["instruction"], r["task_id"]) for r in records) and len(loaded) == 18
+    assert (tmp_path / "cache" / "commonsense_170k_taskid.json").read_text() == combined.read_text()
+    missing = CommonsenseBenchmark(commonsense_dir, train_file=(tmp_path / "none.json").as_uri(), cache_dir=tmp_path)
+    with pytest.raises(OSError, match=r"could not download benchmark\.train_file file://"):
+        missing.train_records()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import urllib.request
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -407,14 +408,31 @@ class CommonsenseBenchmark(InstructBenchmark):
             _check_task(task)
         _check_mode(mode)
         self.data_dir = Path(data_dir)
-        self.train_file = None if train_file is None else Path(train_file)
+        self.train_file = train_file
         self.mode = mode
         test_files = {task: test_file(data_dir, task) for task in tasks}  # a missing one says where to get it
         super().__init__(tasks=list(tasks), train_files=[], test_files=test_files, name=name, **kwargs)
 
     def train_records(self) -> list[Record]:
-        grouped = load_train(self.data_dir, self.train_file)
+        grouped = load_train(self.data_dir, self._local_train_file())
         return [{**r, "task_id": i} for i, task in enumerate(self.tasks) for r in grouped[task]]
+
+    def _local_train_file(self) -> Path | None:
+        """The combined train file as a local path; a URL (e.g. the LLM-Adapters commonsense_170k.json) is
+        downloaded once into the cache folder."""
+        if self.train_file is None or "://" not in str(self.train_file):
+            return None if self.train_file is None else Path(self.train_file)
+        url = str(self.train_file)
+        local = self.cache_dir / url.rstrip("/").rsplit("/", 1)[-1]
+        if not local.exists():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                with urllib.request.urlopen(url) as response:
+                    local.with_suffix(".part").write_bytes(response.read())
+            except OSError as err:
+                raise OSError(f"could not download benchmark.train_file {url}: {err}") from err
+            local.with_suffix(".part").replace(local)
+        return local
 
     def test_records(self, task: str) -> list[Record]:
         return self._subsample(load_test(self.data_dir, task), self.max_eval_samples, seed=0)
