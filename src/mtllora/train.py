@@ -322,6 +322,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if adapter.get("num_tasks", 0) is None:  # a task-aware method whose tasks come from the benchmark's data
             adapter["num_tasks"] = len(benchmark.tasks)
         apply_adapters(model, AdapterConfig.from_dict(adapter))
+    else:
+        model.requires_grad_(False)  # nothing is trained, so nothing counts as trainable
     params = count_parameters(model)
 
     bf16, precision = resolve_precision(cfg.trainer.bf16)

@@ -143,7 +143,8 @@ def test_own_data_example_trains_and_evaluates_from_the_command_line(tiny_llama_
     zero_shot = cli([*args, "method=zero_shot"])
     assert zero_shot.returncode == 0, zero_shot.stderr[-3000:]
     zero_dir = next(p.parent for p in (tmp_path / "runs").rglob("metrics.json") if "zero_shot" in str(p))
-    assert json.loads((zero_dir / "metrics.json").read_text())["train"]["steps"] == 0
+    zero_metrics = json.loads((zero_dir / "metrics.json").read_text())
+    assert zero_metrics["train"]["steps"] == 0 and zero_metrics["params"]["trainable"] == 0
     assert not (zero_dir / "adapter.safetensors").exists()
 
 
