@@ -145,7 +145,6 @@ PLANS: dict[str, dict[str, Any]] = {
         "timeouts": {"install": 60, "fixtures": 120, "bench": 240, "train": 240, "generation": 180},
     },
 }
-WORDS = ["the", "a", "movie", "film", "story", "plot", "actor", "scene", "music", "very", "quite", "rather", "really"]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Generation: a mismatch between the batched and the one-by-one tokens is accepted only where the one-by-one
 # logits of the two candidates differ by less than TIE_FACTOR × the dtype's tolerance (a rounding tie); every
@@ -322,39 +321,13 @@ def install_wheels(wheel_dir: Path, target: Path) -> dict[str, Any]:
 # --- fixtures --------------------------------------------------------------------------------------------------
 
 
-def _sentence(rng, label: int) -> str:
-    words = list(rng.choice(WORDS, size=6))
-    words.insert(int(rng.integers(0, 6)), "good" if label else "bad")
-    return " ".join(words)
+def _fixtures():
+    """The project's fixture writers (mtllora.testing), from the source tree whether or not it is installed."""
+    if str(REPO / "src") not in sys.path:
+        sys.path.insert(0, str(REPO / "src"))
+    import mtllora.testing
 
-
-def write_glue(root: Path, rows: int, seed: int = 0) -> None:
-    """Learnable CoLA/SST-2/MRPC/STS-B/RTE train and dev tsv files in the GLUE download layout (label 1 / a high
-    score iff the first sentence says "good"; RTE the other way round), as tests/conftest.py writes them."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", rows), ("dev", rows // 2)):
-        labels = rng.integers(0, 2, size=n)
-        files = {
-            "CoLA": [f"src\t{y}\t*\t{_sentence(rng, y)}" for y in labels],
-            "SST-2": ["sentence\tlabel"] + [f"{_sentence(rng, y)}\t{y}" for y in labels],
-            "MRPC": ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
-            + [f"{y}\t{i}\t{i + 1}\t{_sentence(rng, y)}\t{_sentence(rng, 1)}" for i, y in enumerate(labels)],
-            "STS-B": ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
-            + [
-                f"{i}\tg\tf\t2012\t{i}\ts1\ts2\t{_sentence(rng, y)}\t{_sentence(rng, 1)}\t{4.0 * y + 0.5:.3f}"
-                for i, y in enumerate(labels)
-            ],
-            "RTE": ["index\tsentence1\tsentence2\tlabel"]
-            + [
-                f"{i}\t{_sentence(rng, 1 - y)}\t{_sentence(rng, 1)}\t{'entailment' if y == 0 else 'not_entailment'}"
-                for i, y in enumerate(labels)
-            ],
-        }
-        for directory, lines in files.items():
-            (root / directory).mkdir(parents=True, exist_ok=True)
-            (root / directory / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return mtllora.testing
 
 
 def write_tokenizer(path: Path) -> None:
@@ -362,7 +335,7 @@ def write_tokenizer(path: Path) -> None:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *WORDS, "good", "bad"])}
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *_fixtures().WORDS, "good", "bad"])}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -390,7 +363,7 @@ def write_fixtures(work: Path, plan: dict[str, Any], minilm_stand_in: dict[str, 
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
-    write_glue(work / "glue", plan["glue_rows"])
+    _fixtures().write_tiny_glue(work / "glue", plan["glue_rows"])
     torch.manual_seed(0)
     encoder = work / "encoder"
     BertModel(BertConfig(**plan["encoder"])).save_pretrained(encoder)

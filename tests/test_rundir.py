@@ -19,8 +19,8 @@ def test_run_suffix_keeps_only_overrides_that_change_results():
         "seed=2",
         "trainer.learning_rate=1e-3",
         "benchmark.tasks=[cola,rte]",
-        "model.name_or_path=/somewhere/model",
-        "paths.runs_dir=/tmp/x",
+        "model.name_or_path=models/minilm",
+        "paths.runs_dir=elsewhere/runs",
         "trainer.resume=true",
         "logger=wandb",
         "+trainer.extra/key=a b",
@@ -43,7 +43,7 @@ def test_a_directory_refuses_another_configuration_naming_the_keys(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["trainer"]["learning_rate"] == 3e-4
 
 
-def test_portable_config_names_no_machine_path(monkeypatch):
+def test_portable_config_names_no_machine_path(monkeypatch, tmp_path):
     monkeypatch.setenv("MTLLORA_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
     register_resolvers()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
@@ -52,7 +52,7 @@ def test_portable_config_names_no_machine_path(monkeypatch):
             overrides=[
                 "experiment=glue_cpu",
                 f"paths.output_dir={REPO_ROOT}/results/runs/glue_cpu/x",
-                "model.name_or_path=/home/someone/models/minilm",
+                f"model.name_or_path={tmp_path / 'models' / 'minilm'}",  # a folder outside the repository
             ],
         )
     config = portable_config(cfg)
