@@ -469,3 +469,40 @@ def test_clip_backbone_without_clip_stops_with_a_clear_message(tmp_path, monkeyp
             ["--images", str(tmp_path / "im"), "--output", str(tmp_path / "f.h5"), "--backbone", "clip-rn101"]
         )
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_clip_backbone_pools_the_last_stage_grid(tmp_path, monkeypatch):
+    """A stand-in for open_clip's RN101 (same interface, no weights): the layer4 grid is captured, pooled 7x7 -> 6x6
+    and written 2048-d; the preprocessing hands it 224x224 CLIP-normalised images."""
+    extractor = load_script("extract-image-features")
+    seen = {}
+
+    class Visual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer4 = torch.nn.Conv2d(3, 2048, 1)
+
+        def forward(self, x):
+            seen["input"] = tuple(x.shape)
+            return self.layer4(torch.nn.functional.adaptive_avg_pool2d(x, 7)).mean()
+
+    class FakeOpenClip:
+        @staticmethod
+        def create_model(name, pretrained, device):
+            assert (name, pretrained) == ("RN101", "openai")
+            return torch.nn.ModuleDict({"visual": Visual()})
+
+    monkeypatch.setitem(sys.modules, "clip", None)
+    monkeypatch.setitem(sys.modules, "open_clip", FakeOpenClip)
+    from PIL import Image
+
+    (tmp_path / "im").mkdir()
+    Image.new("RGB", (50, 30), (255, 0, 0)).save(tmp_path / "im" / "x.png")
+    extractor.main(["--images", str(tmp_path / "im"), "--output", str(tmp_path / "f.h5"), "--backbone", "clip-rn101"])
+    assert seen["input"] == (1, 3, 224, 224)
+    store = ImageFeatures(tmp_path / "f.h5")
+    features, boxes = store.get("x")
+    assert features.shape == (36, 2048) and store.feature_dim() == 2048
+    np.testing.assert_allclose(boxes[0], [0, 0, 1 / 6, 1 / 6], atol=1e-6)
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f.attrs["backbone"] == "clip-rn101" and f.attrs["n_boxes"] == 36
