@@ -37,13 +37,14 @@ CLIP features as one Google Drive archive (file id 1O_RU1iFh_sbItZCTkOHUrbVIQQ_8
     datasets/nlvr/clip_features/data_clip_RN101_att/<img_id>.h5   NLVR2 (train-..., dev-..., test1-... images)
 
 with the annotations beside them (datasets/vqa/karpathy_*.json, GQA/*.json, nlvr/*.json, COCO/dataset_coco.json).
-Each file holds one group `<img_id>/features` [49, 2048] (RN101's 7x7 grid at 224x224) and no boxes; point
-`ImageFeatures` at those folders (`official_feature_paths(..., layout="clip")`) with n_boxes=36 to pool them as the
-model's `--downsample` does. VL-T5's Faster R-CNN features (36 boxes with pixel boxes, img_w, img_h) are in its
-Google Drive `datasets/` folder (id 1MBBhlkP83VMKS2Qe0SmFfzkHhMpIG5wf) as COCO/features/{train,val}2014_obj36.h5,
-VG/features/vg_gqa_obj36.h5, GQA/features/gqa_testdev_obj36.h5 and nlvr/features/{train,valid,test}_obj36.h5
-(layout="butd"), or converted from LXMERT's tsv files (nlp.cs.unc.edu/data/lxmert_data/mscoco_imgfeat/
-train2014_obj36.zip and the like) with VL-T5's feature_extraction/tsv_to_h5.py.
+Each file holds one group `<img_id>/features` [49, 2048] (RN101's 7x7 grid at 224x224, coco_CLIP.py's default
+att_size 7) and no boxes; point `ImageFeatures` at those folders (`official_feature_paths(..., layout="clip")`) with
+n_boxes=36 to pool them as the model's `--downsample` does. VL-T5's Faster R-CNN features (36 boxes with pixel
+boxes, img_w, img_h) are in its Google Drive `datasets/` folder (id 1MBBhlkP83VMKS2Qe0SmFfzkHhMpIG5wf) as
+COCO/features/{train,val}2014_obj36.h5, VG/features/vg_gqa_obj36.h5, GQA/features/gqa_testdev_obj36.h5 and
+nlvr/features/{train,valid,test}_obj36.h5 (layout="butd"), or converted from LXMERT's tsv files
+(nlp.cs.unc.edu/data/lxmert_data/mscoco_imgfeat/ train2014_obj36.zip and the like) with VL-T5's
+feature_extraction/tsv_to_h5.py.
 """
 
 from __future__ import annotations

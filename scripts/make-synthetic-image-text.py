@@ -96,6 +96,7 @@ class Obj:
 
     @property
     def name(self) -> str:
+        """Returns "red circle": how questions and captions refer to the object."""
         return f"{self.color} {self.shape}"
 
 
@@ -358,8 +359,8 @@ class Generator:
         return scene
 
     def coco(self, train: int, evaluation: int) -> dict[str, Any]:
-        """Writes COCO captions (dataset_coco.json) and VQA (Karpathy files + annotations); returns the test data
-        the baselines need."""
+        """Writes COCO captions (dataset_coco.json) and VQA (Karpathy files + annotations); returns, per split, the
+        VQA records, their annotator answers and the images' reference captions (for the baselines)."""
         images, annotations = [], {"train2014": [], "val2014": []}
         vqa, vqa_raw, caption_split = {}, {}, {}
         for split, n_images, n_questions in (

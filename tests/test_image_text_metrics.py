@@ -105,6 +105,7 @@ def test_coco_tokenize(caption, tokens):
 
 
 def ngrams(words: list[str], n: int) -> Counter:
+    """Returns the counts of the n-grams of a word list."""
     return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 

@@ -41,6 +41,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def write_json(path: Path, data: object) -> Path:
+    """Writes `data` as JSON (creating folders) and returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
@@ -207,6 +208,7 @@ def test_nlvr2_images_from_keys_or_identifier_and_true_false_answers(tmp_path):
 
 
 def karpathy(images: list[tuple[str, str, list[str]]]) -> dict:
+    """Returns a dataset_coco.json object of (file name, Karpathy split, raw captions) images."""
     return {
         "images": [
             {"filename": name, "split": split, "sentences": [{"raw": r, "tokens": []} for r in raws], "cocoid": i}
@@ -315,6 +317,7 @@ def test_shared_answer_vocabularies_load():
 
 
 def write_features(path: Path, images: dict[str, dict[str, object]]) -> Path:
+    """Writes {img_id: {dataset name: value}} as HDF5 groups and returns the path."""
     with h5py.File(path, "w") as f:
         for image_id, datasets in images.items():
             for key, value in datasets.items():
@@ -382,6 +385,7 @@ def test_downsampling_a_clip_grid_matches_adaptive_max_pooling(tmp_path):
 
 
 def digest(folder: Path) -> dict[str, str]:
+    """Returns relative path -> SHA-1 of every file under `folder`."""
     return {
         str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))

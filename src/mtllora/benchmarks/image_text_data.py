@@ -116,6 +116,7 @@ class LoadedSplit:
 
 
 def _check_task(task: str) -> None:
+    """Raises unless `task` is one of TASKS."""
     if task not in TASK_IDS:
         raise ValueError(f"unknown image-text task {task!r}; expected one of {', '.join(TASKS)}")
 
