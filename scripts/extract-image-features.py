@@ -43,7 +43,7 @@ n_boxes=36 to pool them as the model's `--downsample` does. VL-T5's Faster R-CNN
 boxes, img_w, img_h) are in its Google Drive `datasets/` folder (id 1MBBhlkP83VMKS2Qe0SmFfzkHhMpIG5wf) as
 COCO/features/{train,val}2014_obj36.h5, VG/features/vg_gqa_obj36.h5, GQA/features/gqa_testdev_obj36.h5 and
 nlvr/features/{train,valid,test}_obj36.h5 (layout="butd"), or converted from LXMERT's tsv files
-(nlp.cs.unc.edu/data/lxmert_data/mscoco_imgfeat/ train2014_obj36.zip and the like) with VL-T5's
+(nlp.cs.unc.edu/data/lxmert_data/mscoco_imgfeat/train2014_obj36.zip and the like) with VL-T5's
 feature_extraction/tsv_to_h5.py.
 """
 
