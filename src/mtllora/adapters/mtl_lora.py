@@ -4,6 +4,21 @@
 
 A is shared, Λ_t is task-specific (full r×r, identity init, or diagonal, ones init), the n up-projections B_i
 are shared and mixed per task by the softmax of the task's logits w_t (computed in fp32).
+
+Each task's low-rank path after A folds into one up-projection U_t [r, out], and the layer adds z U_t to the base
+output of every sample of task t (z = dropout(x) Aᵀ). Two ways to do that, chosen per call by the tokens per
+sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`):
+
+- gathered (S ≥ 8·r: GLUE, instruction tuning, commonsense): U_t is gathered per sample ([batch, r, out]) and one
+  batched GEMM adds z U_t out of place. The gathered tensor has r rows per sample where the output has S, so it is
+  small next to the output, and the path needs no task ids on the host.
+- grouped (S < 8·r: VL-BART's ~56 tokens at r=64, decoding one token at a time): the gathered tensor would be as
+  large as the output or larger (and saved for backward). Instead the batch is cut into runs of consecutive samples
+  of one task, and each run adds z U_t with one GEMM into its rows of the output, in place, as LoRA does: no
+  per-sample copy of U, nothing out-of-place. A single-task batch is one run, exactly LoRA's cost; a batch ordered
+  by task has at most T runs. The runs are read from the task ids once per forward (one host sync) and shared by
+  every layer. An interleaved batch has up to `batch` runs, one small GEMM each: cheap on CPU, but on a GPU each
+  is a kernel launch, so order the rows of a batch by task there (the loss does not depend on the order).
 """
 
 from __future__ import annotations
@@ -13,10 +28,70 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from .base import AdapterLinear, register_method
 
 LAMBDA_TYPES = ("full", "diagonal")
+# The gathered path runs while the tokens per sample are at least this many times the rank: its [batch, r, out]
+# per-sample up-projections then stay under 1/8 of the output. Below, the grouped path (runs of one task) is
+# faster and smaller (see the module docstring and `make bench`'s VL suites).
+GATHER_MIN_TOKENS_PER_RANK = 8
+
+# Runs of one task per task-id tensor. The router hands every layer of a forward the same ids tensor, so the runs
+# are read from it (a host sync on accelerators) once per forward, not once per layer. Stored with the tensor's
+# version counter: ids changed in place are read again.
+_RUNS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def task_runs(ids: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Returns the runs of consecutive equal ids as (task, first sample, end sample), in batch order, so that each
+    run's rows of a [batch, ...] tensor are one contiguous slice; cached per ids tensor."""
+    cached = _RUNS.get(ids)
+    if cached is not None and cached[0] == ids._version:
+        return cached[1]
+    runs: list[list[int]] = []
+    for i, task in enumerate(ids.tolist()):
+        if runs and runs[-1][0] == task:
+            runs[-1][2] = i + 1
+        else:
+            runs.append([task, i, i + 1])
+    result = [(task, start, end) for task, start, end in runs]
+    _RUNS[ids] = (ids._version, result)
+    return result
+
+
+class _GroupedUpProjection(torch.autograd.Function):
+    """out[rows] += z[rows] @ up[t] for each run (t, rows) of one task, in place on the fresh base output.
+
+    A custom Function because autograd would clone the whole output gradient for every in-place update of an
+    output slice (CopySlices); here backward passes the output gradient through untouched and computes z's and
+    up's gradients run by run into preallocated tensors (the same GEMMs as LoRA's backward)."""
+
+    @staticmethod
+    def forward(ctx, out, z, up, runs):
+        for task, start, end in runs:
+            out[start:end].addmm_(z[start:end], up[task])
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(z, up)
+        ctx.runs = runs
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        z, up = ctx.saved_tensors
+        grad_z = grad_up = None
+        if ctx.needs_input_grad[1]:
+            grad_z = torch.empty_like(z)
+            for task, start, end in ctx.runs:
+                torch.mm(grad[start:end], up[task].t(), out=grad_z[start:end])
+        if ctx.needs_input_grad[2]:
+            grad_up = torch.zeros_like(up)
+            for task, start, end in ctx.runs:
+                grad_up[task].addmm_(z[start:end].t(), grad[start:end])
+        return grad, grad_z, grad_up, None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +116,9 @@ class MTLLoRAOptions:
 class MTLLoRALinear(AdapterLinear):
     """`lora_A` [r, in], `lora_lambda` [T, r, r] or [T, r], `lora_B` [n, out, r], `lora_B_weight` [T, n].
 
-    Forward costs what LoRA's does: z = dropout(x) Aᵀ once, then one batched GEMM adds z U_t to the base
-    output, where U_t = s Λ_tᵀ (Σ_i p_ti B_i)ᵀ [r, out] is formed per task (T·r·(n+r)·out flops,
-    independent of the number of tokens) and gathered per sample.
+    Forward costs what LoRA's does: z = dropout(x) Aᵀ once, then z U_t is added to the base output, where
+    U_t = s Λ_tᵀ (Σ_i p_ti B_i)ᵀ [r, out] is formed per task (T·r·(n+r)·out flops, independent of the number of
+    tokens), by the gathered or the grouped path (module docstring).
     """
 
     method = "mtl_lora"
@@ -95,12 +170,17 @@ class MTLLoRALinear(AdapterLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self.task_ids(x)
         x2d, out = self.base_forward(x)
-        z = self.lowrank_input(x2d, self.lora_A)
-        up = self.task_up_projections()[ids].to(out.dtype)  # [batch, r, out]: T·r·out work, not tokens·n·r·out
-        # Out of place: baddbmm_ on a [batch, tokens, out] view of the output would make autograd copy the whole
-        # output gradient (CopySlices) in backward; this way the base output is freed after the sum.
+        z = self.lowrank_input(x2d, self.lora_A).to(out.dtype)
+        up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
         batch = ids.shape[0]
-        out = torch.baddbmm(out.view(batch, -1, self.out_features), z.to(out.dtype).view(batch, -1, self.r), up)
+        per_sample = out.shape[0] // batch
+        if per_sample >= GATHER_MIN_TOKENS_PER_RANK * self.r:
+            # Out of place: baddbmm_ on a [batch, tokens, out] view of the output would make autograd copy the
+            # whole output gradient (CopySlices) in backward; this way the base output is freed after the sum.
+            out = torch.baddbmm(out.view(batch, -1, self.out_features), z.view(batch, -1, self.r), up[ids])
+        else:
+            runs = [(task, start * per_sample, end * per_sample) for task, start, end in task_runs(ids)]
+            out = _GroupedUpProjection.apply(out, z, up, runs)
         return self.finish(out, x)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:

@@ -1,0 +1,115 @@
+"""MTL-LoRA's two ways of adding the per-task up-projections (gathered per sample, grouped in runs of one task)
+compute the same outputs and gradients, whatever the mix of tasks in the batch."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mtllora.adapters import AdapterConfig, apply_adapters, mtl_lora
+from mtllora.adapters.mtl_lora import task_runs
+
+from ..conftest import randomize_adapters
+
+NUM_TASKS = 4
+MIXES = {
+    "single task": [2, 2, 2, 2, 2, 2],
+    "interleaved": [0, 1, 2, 3, 0, 1],
+    "sorted, tasks 1 and 3 absent": [0, 0, 0, 2, 2, 2],
+    "runs of different lengths": [3, 3, 0, 1, 1, 1],
+    "one sample": [1],
+}
+
+
+class OneLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(12, 10, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _model(lambda_type: str = "full", dtype: torch.dtype = torch.float64) -> nn.Module:
+    config = AdapterConfig(
+        method="mtl_lora",
+        r=8,
+        alpha=16,
+        target_modules=["proj"],
+        num_tasks=NUM_TASKS,
+        num_up=3,
+        temperature=0.5,
+        lambda_type=lambda_type,
+    )
+    model = apply_adapters(OneLinear().to(dtype), config)
+    randomize_adapters(model, std=0.5)
+    return model
+
+
+def _run(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, grouped: bool, monkeypatch) -> tuple:
+    """Returns (output, gradients of x and of every trainable parameter) of one forward+backward on one path."""
+    # The rule picks the gathered path when tokens per sample ≥ factor · r: 0 forces it, a huge factor the other.
+    monkeypatch.setattr(mtl_lora, "GATHER_MIN_TOKENS_PER_RANK", 10**9 if grouped else 0)
+    model = copy.deepcopy(model)
+    x = x.clone().requires_grad_(True)
+    out = model(x, task_ids=ids)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype))
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    return out.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("lambda_type", ["full", "diagonal"])
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_grouped_path_equals_gathered_path(mix, lambda_type, monkeypatch):
+    model = _model(lambda_type)
+    ids = torch.tensor(MIXES[mix])
+    x = torch.randn(len(ids), 5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out_g, dx_g, grads_g = _run(model, x, ids, grouped=True, monkeypatch=monkeypatch)
+    out_b, dx_b, grads_b = _run(model, x, ids, grouped=False, monkeypatch=monkeypatch)
+    torch.testing.assert_close(out_g, out_b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dx_g, dx_b, rtol=1e-12, atol=1e-12)
+    assert grads_g.keys() == grads_b.keys() and len(grads_g) == 4  # A, Λ, B, mixing logits
+    for name in grads_g:
+        torch.testing.assert_close(grads_g[name], grads_b[name], rtol=1e-12, atol=1e-12, msg=name)
+    absent = sorted(set(range(NUM_TASKS)) - set(MIXES[mix]))
+    lam_grad = grads_g["proj.lora_lambda"]
+    assert torch.count_nonzero(lam_grad[absent]) == 0  # an absent task's Λ gets no gradient on either path
+
+
+def test_grouped_path_in_bf16_matches_gathered_path_with_fp32_adapters(monkeypatch):
+    model = _model(dtype=torch.bfloat16)
+    assert model.proj.lora_A.dtype == torch.float32 and model.proj.base_layer.weight.dtype == torch.bfloat16
+    ids = torch.tensor(MIXES["interleaved"])
+    x = torch.randn(len(ids), 5, 12, generator=torch.Generator().manual_seed(0)).bfloat16()
+    out_g, dx_g, grads_g = _run(model, x, ids, grouped=True, monkeypatch=monkeypatch)
+    out_b, dx_b, grads_b = _run(model, x, ids, grouped=False, monkeypatch=monkeypatch)
+    assert out_g.dtype == torch.bfloat16
+    torch.testing.assert_close(out_g, out_b, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(dx_g, dx_b, rtol=2e-2, atol=2e-2)
+    for name in grads_g:
+        assert grads_g[name].dtype == torch.float32
+        torch.testing.assert_close(grads_g[name], grads_b[name], rtol=2e-2, atol=2e-2, msg=name)
+
+
+def test_the_rule_picks_the_path_from_tokens_per_sample_against_the_rank(monkeypatch):
+    model = _model()  # r = 8: the gathered path from 8·8 = 64 tokens per sample
+    picked = []
+    monkeypatch.setattr(
+        mtl_lora._GroupedUpProjection, "apply", lambda *args: picked.append("grouped") or args[0].clone()
+    )
+    ids = torch.tensor([0, 1])
+    with torch.no_grad():
+        model(torch.randn(2, 63, 12, dtype=torch.float64), task_ids=ids)
+        model(torch.randn(2, 64, 12, dtype=torch.float64), task_ids=ids)
+    assert picked == ["grouped"]
+
+
+def test_task_runs_are_read_once_per_ids_tensor():
+    ids = torch.tensor([1, 1, 0, 2, 2, 2, 1])
+    assert task_runs(ids) == [(1, 0, 2), (0, 2, 3), (2, 3, 6), (1, 6, 7)]
+    assert task_runs(ids) is task_runs(ids)
+    assert task_runs(torch.tensor([3])) == [(3, 0, 1)]
+    ids[2] = 1  # changed in place: read again
+    assert task_runs(ids) == [(1, 0, 3), (2, 3, 6), (1, 6, 7)]
