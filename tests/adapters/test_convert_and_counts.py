@@ -1,22 +1,33 @@
-"""Official MTL-LoRA checkpoint import, PEFT export, and parameter counts against the spec's formulas."""
+"""Official MTL-LoRA checkpoint import, PEFT export (every method) and import, parameter counts against the spec."""
 
 import json
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 
 from mtllora.adapters import (
     AdapterConfig,
+    TaskIdError,
     apply_adapters,
     count_parameters,
+    get_adapter_config,
     load_adapter_state_dict,
     use_tasks,
 )
-from mtllora.adapters.convert import from_official_mtl_lora, load_official_checkpoint, save_peft
+from mtllora.adapters.convert import from_official_mtl_lora, load_official_checkpoint, load_peft, save_peft
 from mtllora.bench.formulations import official_mtl_lora
 
-from ..conftest import LLAMA_TARGETS, adapted, make_config, tiny_llama
+from ..conftest import (
+    ALL_METHODS,
+    LLAMA_TARGETS,
+    NUM_TASKS,
+    TASK_AWARE,
+    adapted,
+    make_config,
+    randomize_adapters,
+    tiny_llama,
+)
 
 R, N_UP, T = 8, 3, 3
 
@@ -73,16 +84,66 @@ def test_official_import_rejects_foreign_keys_and_shapes():
         load_adapter_state_dict(model, from_official_mtl_lora(_official_state_dict(tiny_llama())))
 
 
-@pytest.mark.parametrize("method", ["lora", "dora"])
-def test_save_peft_loads_in_peft_with_the_same_outputs(method, tmp_path):
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_save_peft_loads_in_peft_with_the_same_outputs_for_every_task(method, tmp_path):
     model = adapted(method)
-    save_peft(model, tmp_path / "peft")
-    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["use_dora"] == (method == "dora")
-    peft = PeftModel.from_pretrained(tiny_llama(), tmp_path / "peft")
     ids = torch.randint(3, 64, (2, 6))
-    torch.testing.assert_close(peft(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-10, atol=1e-10)
-    with pytest.raises(ValueError, match="PEFT has LoRA and DoRA only; this model's adapters are 'mtl_lora'"):
+    tasks = range(NUM_TASKS) if method in TASK_AWARE else [None]
+    for task in tasks:
+        folder = save_peft(model, tmp_path / f"task{task}", task_id=task)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["use_dora"] == (method == "dora")
+        assert config["r"] == (3 * 8 if method == "multilora" else 8)
+        assert config["lora_alpha"] / config["r"] == 16 / 8  # PEFT's scaling is ours
+        peft = PeftModel.from_pretrained(tiny_llama(), folder)
+        expected = model(input_ids=ids, task_ids=torch.tensor([task, task]) if task is not None else None).logits
+        torch.testing.assert_close(peft(input_ids=ids).logits, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_per_task_peft_adapters_serve_a_mixed_task_batch_like_the_model(tmp_path):
+    """PEFT's mixed-adapter inference (`adapter_names=`), one adapter per task, equals MTL-LoRA's task ids."""
+    model = adapted("mtl_lora")
+    peft = None
+    for task in range(NUM_TASKS):
+        folder = save_peft(model, tmp_path / str(task), task_id=task)
+        if peft is None:
+            peft = PeftModel.from_pretrained(tiny_llama(), folder, adapter_name=str(task))
+        else:
+            peft.load_adapter(folder, adapter_name=str(task))
+    ids, tasks = torch.randint(3, 64, (4, 6)), [2, 0, 1, 2]
+    expected = model(input_ids=ids, task_ids=torch.tensor(tasks)).logits
+    got = peft(input_ids=ids, adapter_names=[str(t) for t in tasks]).logits
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_save_peft_needs_the_task_of_a_task_aware_method(tmp_path):
+    with pytest.raises(ValueError, match=r"mtl_lora exports one task at a time; pass task_id in 0..2"):
         save_peft(adapted("mtl_lora"), tmp_path / "x")
+    with pytest.raises(TaskIdError, match="task id 3 is out of range"):
+        save_peft(adapted("moelora"), tmp_path / "x", task_id=3)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_peft_adapter_folder_imports_with_the_same_outputs(method, tmp_path):
+    peft = get_peft_model(
+        tiny_llama(), LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "v_proj"], use_dora=method == "dora")
+    )
+    randomize_adapters(peft, seed=3)
+    peft.save_pretrained(tmp_path / "peft")
+    ours = load_peft(tiny_llama(), tmp_path / "peft")
+    assert get_adapter_config(ours).method == method
+    assert (get_adapter_config(ours).r, get_adapter_config(ours).alpha) == (4, 12.0)
+    ids = torch.randint(3, 64, (2, 6))
+    torch.testing.assert_close(ours(input_ids=ids).logits, peft(input_ids=ids).logits, rtol=1e-10, atol=1e-10)
+
+
+def test_peft_import_refuses_what_it_cannot_reproduce(tmp_path):
+    config = LoraConfig(r=4, target_modules=["q_proj"], rank_pattern={"q_proj": 2})
+    get_peft_model(tiny_llama(), config).save_pretrained(tmp_path / "peft")
+    with pytest.raises(ValueError, match=r"PEFT options this library does not import: \{'rank_pattern'"):
+        load_peft(tiny_llama(), tmp_path / "peft")
+    with pytest.raises(FileNotFoundError, match=r"is not a PEFT adapter folder: it has no adapter_config\.json"):
+        load_peft(tiny_llama(), tmp_path)
 
 
 def _expected_adapter_params(method, layers, r=8):

@@ -267,6 +267,18 @@ class AdapterLinear(nn.Module):
         """Returns the [out, in] weight update this adapter applies (for task `task_id` if task-aware)."""
         raise NotImplementedError
 
+    def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (down [k, in], up [out, k]) with `delta_weight(task_id) = scaling · up @ down`: this adapter (for
+        one task, if task-aware) as a plain rank-k LoRA, PEFT's lora_A and lora_B. It lets a trained adapter be
+        served by any LoRA stack (`mtllora.export`)."""
+        raise NotImplementedError(f"{self.method} has no plain-LoRA form")
+
+    def peft_tensors(self, task_id: int | None = None) -> dict[str, torch.Tensor]:
+        """Returns this layer's PEFT LoRA tensors ({"lora_A.weight": down, "lora_B.weight": up}, see
+        `lora_factors`), detached, as PEFT saves them."""
+        down, up = self.lora_factors(task_id)
+        return {"lora_A.weight": down.detach(), "lora_B.weight": up.detach()}
+
     def merge(self) -> None:
         """Folds the adapter into the base weight; the layer then runs at the base layer's speed."""
         if self.task_aware:

@@ -102,6 +102,13 @@ class DoRALinear(AdapterLinear):
         v, g = self._direction()
         return g.unsqueeze(1) * v - self.base_weight()
 
+    def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The directional LoRA (A, B); the layer also needs its magnitude (see `peft_tensors`)."""
+        return self.lora_A, self.lora_B
+
+    def peft_tensors(self, task_id: int | None = None) -> dict[str, torch.Tensor]:
+        return {**super().peft_tensors(task_id), "lora_magnitude_vector": self.lora_magnitude.detach()}
+
     def merge(self) -> None:
         """W ← g ⊙ V; g is kept so that `unmerge` inverts exactly this step."""
         if self.merged:

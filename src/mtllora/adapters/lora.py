@@ -37,3 +37,6 @@ class LoRALinear(AdapterLinear):
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
         return self.scaling * (self.lora_B @ self.lora_A)
+
+    def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_A, self.lora_B

@@ -75,6 +75,12 @@ class MoELoRALinear(AdapterLinear):
         return self.finish(out, x)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
+        down, up = self.lora_factors(task_id)
+        return self.scaling * (up @ down)
+
+    def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task t's update is the rank-r LoRA with down = A and up = B with each expert's columns scaled by ω_t[e]."""
         if task_id is None:
             raise ValueError(f"{self.name}: moelora has one weight per task; pass task_id")
-        return (self.lora_B * self.rank_scales()[task_id]) @ self.lora_A
+        weights = self.expert_weights()[task_id].repeat_interleave(self.r // self.options.num_experts)
+        return self.lora_A, self.lora_B * weights

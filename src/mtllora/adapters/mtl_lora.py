@@ -184,8 +184,12 @@ class MTLLoRALinear(AdapterLinear):
         return self.finish(out, x)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
+        down, up = self.lora_factors(task_id)
+        return self.scaling * (up @ down)
+
+    def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task t's update is the rank-r LoRA with down = Λ_t A and up = Σ_i p_ti B_i (same scaling)."""
         if task_id is None:
             raise ValueError(f"{self.name}: mtl_lora has one weight per task; pass task_id")
         p = self.mixing_weights()[task_id]
-        mixed_up = torch.einsum("n,nor->or", p, self.lora_B)
-        return self.scaling * (mixed_up @ self.lambdas()[task_id] @ self.lora_A)
+        return self.lambdas()[task_id] @ self.lora_A, torch.einsum("n,nor->or", p, self.lora_B)
