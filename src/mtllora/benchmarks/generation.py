@@ -1,7 +1,8 @@
 """What every generative benchmark needs: batched generation, each sample under its own task id.
 
-Prompts are sorted by length and generated in left-padded batches (greedy or beam search), so that a batch wastes
-little on padding; every row of a batch runs under its own task id (`use_tasks`), so tasks can share a batch.
+Prompts are sorted by length and generated in left-padded batches (greedy or beam search; right-padded text plus
+visual tokens for image-text encoder-decoders, `generate_image_text`), so that a batch wastes little on padding;
+every row of a batch runs under its own task id (`use_tasks`), so tasks can share a batch.
 Evaluation is sharded over ranks (rank r takes every world-th prompt) and gathered on every rank; under DeepSpeed
 ZeRO-3 all ranks step through the same number of `generate` calls (`synced_gpus`). Outputs come back in the
 prompts' order.
@@ -37,6 +38,32 @@ def _task_context(model: nn.Module, task_ids: list[int] | None):
     return use_tasks(model, torch.tensor(task_ids))
 
 
+def _rank_batches(lengths: Sequence[int], batch_size: int, synced_gpus: bool) -> tuple[list[list[int]], int]:
+    """Returns (this rank's batches of input indices, how many of them are real): inputs sorted longest first (so
+    a batch wastes little on padding), every world-th one for this rank, cut into batches. Under `synced_gpus` the
+    list is padded with repeats of the last batch up to the busiest rank's count (outputs of those are dropped)."""
+    rank, world = _rank_and_world()
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[rank::world]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    real = len(batches)
+    if synced_gpus and world > 1:
+        # Every rank runs as many generate() calls as the busiest one; the extra calls' outputs are dropped.
+        most = torch.tensor([real])
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        batches += [batches[-1] if batches else [0]] * (int(most) - real)
+    return batches, real
+
+
+def _gather_outputs(outputs: dict[int, str], count: int) -> list[str]:
+    """Returns the `count` outputs in input order, after gathering every rank's share."""
+    _, world = _rank_and_world()
+    if world > 1:
+        shards: list[dict[int, str]] = [{} for _ in range(world)]
+        dist.all_gather_object(shards, outputs)
+        outputs = {i: text for shard in shards for i, text in shard.items()}
+    return [outputs[i] for i in range(count)]
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -59,16 +86,9 @@ def generate(
         raise ValueError(f"{len(prompts)} prompts but {len(task_ids)} task ids; pass one task id per prompt")
     if tokenizer.pad_token_id is None:
         raise ValueError(f"{type(tokenizer).__name__} has no pad token; set one (e.g. the unk or eos token)")
-    rank, world = _rank_and_world()
+    rank, _ = _rank_and_world()
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))[rank::world]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    real = len(batches)
-    if synced_gpus and world > 1:
-        # Every rank runs as many generate() calls as the busiest one; the extra calls' outputs are dropped.
-        most = torch.tensor([real])
-        dist.all_reduce(most, op=dist.ReduceOp.MAX)
-        batches += [batches[-1] if batches else [0]] * (int(most) - real)
+    batches, real = _rank_batches(lengths, batch_size, synced_gpus)
 
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     device = next(model.parameters()).device
@@ -94,11 +114,89 @@ def generate(
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    if world > 1:
-        shards: list[dict[int, str]] = [{} for _ in range(world)]
-        dist.all_gather_object(shards, outputs)
-        outputs = {i: text for shard in shards for i, text in shard.items()}
-    return [outputs[i] for i in range(len(prompts))]
+    return _gather_outputs(outputs, len(prompts))
+
+
+def _pad_visual(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """Returns the [V_i, ...] tensors zero-padded along the token axis to `length` and stacked: [n, length, ...]."""
+    return torch.stack([nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - t.shape[0])) for t in tensors])
+
+
+@torch.no_grad()
+def generate_image_text(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    vis_feats: Sequence[torch.Tensor],
+    vis_pos: Sequence[torch.Tensor],
+    task_ids: Sequence[int] | None = None,
+    *,
+    img_order_ids: Sequence[torch.Tensor] | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 20,
+    num_beams: int = 1,
+    synced_gpus: bool = False,
+    desc: str = "generate",
+) -> list[str]:
+    """Returns the decoded answer of every (prompt, image) example (special tokens skipped), in input order, from an
+    encoder-decoder model with visual inputs (`mtllora.vl_bart.VLBartForConditionalGeneration`).
+
+    Example i is `prompts[i]` with its visual tokens `vis_feats[i]` [V_i, feat_dim], `vis_pos[i]` [V_i, 4] and, for
+    several images (NLVR2), `img_order_ids[i]` [V_i]. Examples are sorted by encoder length (text + V_i) and
+    generated in batches: text right-padded (encoder-decoder models pad right), visual tokens zero-padded with a
+    `vis_attention_mask` when the V_i of a batch differ. Within a batch the rows are ordered by task, so MTL-LoRA
+    adds each task's up-projection with one GEMM; every row runs under its own task id (`use_tasks`), its beams
+    included. Greedy when `num_beams` is 1, else deterministic beam search. Ranks and `synced_gpus` as `generate`."""
+    count = len(prompts)
+    for name, values in (("vis_feats", vis_feats), ("vis_pos", vis_pos), ("task_ids", task_ids),
+                         ("img_order_ids", img_order_ids)):  # fmt: skip
+        if values is not None and len(values) != count:
+            raise ValueError(f"{count} prompts but {len(values)} {name}; pass one per prompt")
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no pad token; set one (e.g. the unk or eos token)")
+    rank, _ = _rank_and_world()
+    text_lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    batches, real = _rank_batches(
+        [n + feats.shape[0] for n, feats in zip(text_lengths, vis_feats, strict=True)], batch_size, synced_gpus
+    )
+
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs: dict[int, str] = {}
+    try:
+        for index, batch in enumerate(tqdm(batches, desc=desc, disable=rank != 0 or not batches)):
+            if task_ids is not None:
+                batch = sorted(batch, key=lambda i: int(task_ids[i]))  # stable: runs of one task (MTL-LoRA)
+            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)
+            counts = [vis_feats[i].shape[0] for i in batch]
+            visual = {
+                "vis_feats": _pad_visual([vis_feats[i] for i in batch], max(counts)),
+                "vis_pos": _pad_visual([vis_pos[i] for i in batch], max(counts)),
+            }
+            if img_order_ids is not None:
+                visual["img_order_ids"] = _pad_visual([img_order_ids[i] for i in batch], max(counts))
+            if min(counts) < max(counts):
+                visual["vis_attention_mask"] = (torch.arange(max(counts)) < torch.tensor(counts)[:, None]).long()
+            ids = None if task_ids is None else [int(task_ids[i]) for i in batch]
+            with _task_context(model, ids):
+                generated = model.generate(
+                    **encoded,
+                    **{key: value.to(device) for key, value in visual.items()},
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=num_beams,
+                    pad_token_id=tokenizer.pad_token_id,
+                    synced_gpus=synced_gpus,
+                )
+            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+            if index < real:
+                outputs.update(zip(batch, texts, strict=True))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return _gather_outputs(outputs, count)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
