@@ -18,7 +18,6 @@ from mtllora.vl_bart import (
     VLBartForConditionalGeneration,
     concat_images,
     object_order_ids,
-    pool_grid_features,
 )
 
 from .conftest import randomize_adapters
@@ -136,17 +135,6 @@ def test_visual_embedding_follows_vl_t5():
         emb(torch.zeros(1, 101, FEAT_DIM, dtype=torch.float64), torch.zeros(1, 101, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="the model feat_dim=8"):
         model(**{**_batch(), "vis_feats": torch.zeros(2, 3, 5, dtype=torch.float64)})
-
-
-def test_grid_features_are_max_pooled_to_36_tokens_per_image():
-    grid = torch.randn(2, 2, 49, 4)  # batch, two images, 7×7 cells, features
-    pooled = pool_grid_features(grid)
-    assert pooled.shape == (2, 2, 36, 4)
-    maps = grid.reshape(4, 7, 7, 4).permute(0, 3, 1, 2)
-    expected = F.adaptive_max_pool2d(maps, 6).permute(0, 2, 3, 1).reshape(2, 2, 36, 4)
-    torch.testing.assert_close(pooled, expected)
-    with pytest.raises(ValueError, match="square token counts"):
-        pool_grid_features(torch.randn(1, 50, 4))
 
 
 def test_loads_bart_weights_and_initialises_the_visual_embedding(tmp_path):

@@ -13,7 +13,7 @@ text's, followed by ones for the visual tokens (or `vis_attention_mask`); the de
 Inputs (what a data pipeline produces per batch):
 - `input_ids`, `attention_mask` [B, L]: the text, right-padded (encoder-decoder models pad right).
 - `vis_feats` [B, V, feat_dim] float: region or grid features (VL-Adapter's CLIP RN101 grid max-pooled to 6×6, so
-  V = 36 per image; `pool_grid_features` does that).
+  V = 36 per image; `mtllora.benchmarks.image_text_data.downsample_grid` does that).
 - `vis_pos` [B, V, 4] float: boxes (x1, y1, x2, y2) normalised to [0, 1] by the image width and height; the
   official CLIP-feature runs pass zeros (grid cells have no boxes).
 - `img_order_ids` [B, V] long, optional (default all 0): which image each visual token comes from. NLVR2: the two
@@ -91,7 +91,7 @@ class VisualEmbedding(nn.Module):
         if int(obj_order_ids.max()) >= n_obj:
             raise ValueError(
                 f"an image has {int(obj_order_ids.max()) + 1} visual tokens, more than n_obj_orders={n_obj}; "
-                "pool the features (pool_grid_features) or build the model with a larger n_obj_orders"
+                "pool the features (image_text_data.downsample_grid) or build the model with a larger n_obj_orders"
             )
         return (
             self.feat_embedding(vis_feats)
@@ -266,17 +266,3 @@ def concat_images(
         raise ValueError(f"need one boxes tensor per image, got {len(feats)} feature and {len(boxes)} box tensors")
     ids = [torch.full(f.shape[:-1], i, dtype=torch.long, device=f.device) for i, f in enumerate(feats)]
     return torch.cat(list(feats), dim=-2), torch.cat(list(boxes), dim=-2), torch.cat(ids, dim=-1)
-
-
-def pool_grid_features(feats: torch.Tensor, n_tokens: int = 36) -> torch.Tensor:
-    """Returns grid features [..., G, D] (G = g·g cells, e.g. CLIP RN101's 7×7 at 224 px) max-pooled to n_tokens
-    (a square) [..., n_tokens, D]: VL-Adapter's `--downsample` (AdaptiveMaxPool2d), which the MTL-LoRA VL-BART
-    runs use to get 36 tokens per image."""
-    grid, side = feats.shape[-2], round(feats.shape[-2] ** 0.5)
-    out_side = round(n_tokens**0.5)
-    if side * side != grid or out_side * out_side != n_tokens:
-        raise ValueError(f"grid pooling needs square token counts, got {grid} grid cells and n_tokens={n_tokens}")
-    lead, dim = feats.shape[:-2], feats.shape[-1]
-    maps = feats.reshape(-1, side, side, dim).permute(0, 3, 1, 2)
-    pooled = nn.functional.adaptive_max_pool2d(maps, out_side)
-    return pooled.permute(0, 2, 3, 1).reshape(*lead, n_tokens, dim)
