@@ -23,6 +23,7 @@ from .conftest import randomize_adapters
 PEERS = ["peft_lora", "peft_dora", "official_mtl_lora", "official_multilora"]
 TRAIN_ROWS = ["base", *(key for key, _, _ in OUR_METHODS), *PEERS, *(key for key, _ in ADAPTERHUB_ROWS)]
 INFERENCE_ROWS = ["base", "mtl_lora_merged", "mtl_lora_unmerged", "lora_merged"]
+VL_ROWS = ["base", "lora", "mtl_lora", "mtl_lora_diag", "mtl_lora_interleaved", "peft_lora", "official_mtl_lora"]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,11 @@ def test_quick_run_has_every_row_with_positive_timings(quick_run):
         ("train", ["train", "model"]),
         ("inference", ["inference", "model"]),
         ("inference", ["inference", "model"]),
+        ("train", ["train", "layer", "vl"]),
+        ("train", ["train", "model", "vl"]),
     ]
     for suite in data["suites"]:
-        expected = TRAIN_ROWS if suite["kind"] == "train" else INFERENCE_ROWS
+        expected = VL_ROWS if "vl" in suite["tags"] else TRAIN_ROWS if suite["kind"] == "train" else INFERENCE_ROWS
         assert [row["key"] for row in suite["rows"]] == expected, suite["name"]
         for row in suite["rows"]:
             if row["key"].startswith("adapterhub_"):
@@ -75,7 +78,7 @@ def test_quick_run_lists_every_target(quick_run):
     entries = {(t["target"], t["suite"]): t for t in data["targets"]}
     for target in report.TARGETS:
         judged = [t for (key, _), t in entries.items() if key == target.key and t["result"] in ("PASS", "MISS")]
-        in_scope = [s for s in data["suites"] if set(target.scope) <= set(s["tags"])]
+        in_scope = [s for s in data["suites"] if target.applies_to(s["tags"])]
         assert in_scope, target.key
         for suite in in_scope:
             assert (target.key, suite["name"]) in entries, (target.key, suite["name"])
@@ -84,6 +87,11 @@ def test_quick_run_lists_every_target(quick_run):
             assert all(
                 entries[(target.key, s["name"])]["result"].startswith("not run: adapterhub_mtl_lora") for s in in_scope
             )
+    for suite in (s for s in data["suites"] if "vl" in s["tags"]):
+        # The VL suites judge MTL-LoRA against LoRA; the peers' targets show there as info at most.
+        assert entries[("mtl_vs_lora_total", suite["name"])]["result"] in ("PASS", "MISS")
+        assert entries[("mtl_memory", suite["name"])]["result"] in ("PASS", "MISS")
+        assert entries.get(("lora_vs_peft", suite["name"]), {"result": "info"})["result"] == "info"
     markdown = (quick_run[0]).with_suffix(".md").read_text()
     assert "| MTL-LoRA ≤ 0.8× AdapterHub MTL-LoRA (each ÷ its own LoRA) |" in markdown
 

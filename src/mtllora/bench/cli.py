@@ -37,6 +37,8 @@ from .suites import (
     model_batches,
     model_workloads,
     training_rows,
+    vl_training_rows,
+    vl_workloads,
 )
 
 TIMING_METHOD = (
@@ -50,7 +52,11 @@ TIMING_METHOD = (
     "embeddings' output), so the frozen base does the same backward work and is the floor. Overhead = median − "
     "base median. Adapters: r=8, α=16, no dropout; MTL-LoRA n=3, T=8, τ=0.1; mixed-task batches (task ids 0..7 over "
     "the samples); model level adapts q, k, v and the feed-forward input and output projections of every layer "
-    "(the widest set AdapterHub supports: it has no LoRA on the attention output projection or Llama's gate_proj)."
+    "(the widest set AdapterHub supports: it has no LoRA on the attention output projection or Llama's gate_proj). "
+    "The VL suites use the official VL-BART recipe's adapters (r=64, α=16; MTL-LoRA n=2, T=4, τ=0.8; q and v "
+    "projections of every encoder, decoder and cross attention) on image-text shapes, with each batch ordered by "
+    "task (T contiguous blocks, as a loader ordering its batches by task gives; the official one gives one task per "
+    "batch), plus one MTL-LoRA row with the tasks interleaved (one run of one task per sample)."
 )
 MEMORY_METHOD = (
     "**Memory.** Peak bytes torch allocated during a row's first step above those allocated before it (saved "
@@ -59,7 +65,7 @@ MEMORY_METHOD = (
     "CPU allocation and free events in time order. On CUDA it is `torch.cuda.max_memory_allocated` minus the bytes "
     "allocated before."
 )
-SUITE_KINDS = ("layer", "model", "merged")
+SUITE_KINDS = ("layer", "model", "merged", "vl")
 LAYER_ADAPTERHUB_REASON = (
     "AdapterHub adapts layers inside the HF models it supports (via its model mixins), not a bare nn.Linear; "
     "see the model-level rows"
@@ -86,9 +92,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--suites",
-        default="layer,model,merged",
+        default="layer,model,merged,vl",
         help="comma-separated subset of: layer (4096 and 384 layers), model (MiniLM, Llama; with AdapterHub), "
-        "merged (merged per-task inference)",
+        "merged (merged per-task inference), vl (MTL-LoRA vs LoRA at VL-BART's image-text shapes: a 768 layer on "
+        "512×56 tokens, a VL-BART training step)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder")
     parser.add_argument("--no-adapterhub", action="store_true", help="do not create/run the AdapterHub venv")
@@ -283,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 suites.append(measure_suite(Suite(w, training_rows(w, ah_reason)), args, log))
             elif w.kind == "inference" and "merged" in args.suites:
                 suites.append(measure_suite(Suite(w, inference_rows(w)), args, log))
+    if "vl" in args.suites:
+        for w in vl_workloads(scale, device, dtype):
+            suites.append(measure_suite(Suite(w, vl_training_rows(w)), args, log))
     fill_adapterhub(suites, ah_result, ah_reason)
     for suite in suites:
         report.add_ratios(suite)

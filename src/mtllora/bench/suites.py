@@ -4,6 +4,10 @@ A suite is one workload (a frozen layer or model and its batch) and its rows: th
 our methods, the peers (PEFT LoRA/DoRA, the official formulations) and AdapterHub (filled in from its own
 process). Every training row runs the same step: forward, backward, drop the gradients (no optimizer step), with
 the input of the adapted part requiring grad so the base's backward work is the same in every row.
+
+The VL suites measure MTL-LoRA against LoRA at the image-text shapes of the official VL-BART recipe (r=64, ~56
+encoder tokens per sample: 36 visual + ~20 text, batch 512, d_model 768), where MTL-LoRA's per-sample
+up-projections [batch, r, out] would outgrow the layer output (`mtllora.adapters.mtl_lora`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,24 @@ NUM_UP = 3
 RANK = 8
 ALPHA = 16.0
 TEMPERATURE = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    """The adapter hyper-parameters of a suite's rows."""
+
+    r: int
+    alpha: float
+    num_tasks: int
+    num_up: int
+    temperature: float
+
+
+DEFAULT_HYPER = Hyper(RANK, ALPHA, NUM_TASKS, NUM_UP, TEMPERATURE)
+# The official VL-BART recipe (`image_text_understanding/VL-T5/scripts/image/mlora.sh`): r=64, α=16, n=2 up-projections,
+# T=4 tasks (vqa, gqa, nlvr, caption), τ=0.8, adapters on q_proj and v_proj.
+VL_HYPER = Hyper(64, 16.0, 4, 2, 0.8)
+VL_TARGETS = ["q_proj", "v_proj"]
 
 # (key, label, AdapterConfig options) of our methods; r=24 is there to compare MultiLoRA (3 modules of rank 8).
 OUR_METHODS: list[tuple[str, str, dict[str, Any]]] = [
@@ -89,7 +111,8 @@ class Workload:
     grad_output: torch.Tensor | None = None
     leaves: list[torch.Tensor] = dataclasses.field(default_factory=list)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
-    tags: tuple[str, ...] = ()  # which targets apply: train | inference, layer | model, large (the 4096 layer)
+    tags: tuple[str, ...] = ()  # which targets apply: train | inference, layer | model, large (the 4096 layer), vl
+    hyper: Hyper = DEFAULT_HYPER
 
 
 @dataclasses.dataclass
@@ -111,9 +134,16 @@ class SingleLinear(nn.Module):
         return self.lin(x)
 
 
-def mixed_task_ids(batch: int, device: torch.device) -> torch.Tensor:
+def mixed_task_ids(batch: int, device: torch.device, num_tasks: int = NUM_TASKS) -> torch.Tensor:
     """Returns task ids 0..T-1 repeated over the batch: a mixed-task batch, every task present when batch ≥ T."""
-    return torch.arange(batch, device=device) % NUM_TASKS
+    return torch.arange(batch, device=device) % num_tasks
+
+
+def task_ordered_ids(batch: int, device: torch.device, num_tasks: int) -> torch.Tensor:
+    """Returns a mixed-task batch ordered by task (T blocks of equal size): every task present, each task's samples
+    contiguous, as a loader that orders each batch by task produces them (or one task per batch, as the official
+    VL-BART loader does)."""
+    return torch.arange(batch, device=device) * num_tasks // batch
 
 
 def layer_workload(
@@ -183,11 +213,17 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _train_step(model: nn.Module, w: Workload, task_kwargs: bool = False, box: TaskIds | None = None):
-    """Returns the closure of one training step of `model` on `w`: forward, backward, then the gradients are
-    dropped, so each step starts from the same memory state."""
+def _train_step(
+    model: nn.Module,
+    w: Workload,
+    task_kwargs: bool = False,
+    box: TaskIds | None = None,
+    task_ids: torch.Tensor | None = None,
+):
+    """Returns the closure of one training step of `model` on `w` (with `task_ids` instead of the workload's when
+    given): forward, backward, then the gradients are dropped, so each step starts from the same memory state."""
     grads = _trainable(model) + w.leaves
-    kwargs = {"task_ids": w.task_ids} if task_kwargs else {}
+    kwargs = {"task_ids": w.task_ids if task_ids is None else task_ids} if task_kwargs else {}
 
     def step() -> None:
         if box is not None:
@@ -224,9 +260,9 @@ def _built(key: str, label: str, group: str, build: Callable[[], tuple[nn.Module
     return _row(key, label, group, model, step, note)
 
 
-def our_config(options: dict[str, Any], targets: list[str] | str) -> AdapterConfig:
-    """Returns the AdapterConfig of one of OUR_METHODS' option dicts (r=8, alpha=16, no dropout by default)."""
-    kwargs = {"r": RANK, "alpha": ALPHA, "dropout": 0.0, "target_modules": targets, **options}
+def our_config(options: dict[str, Any], targets: list[str] | str, hyper: Hyper = DEFAULT_HYPER) -> AdapterConfig:
+    """Returns the AdapterConfig of one of OUR_METHODS' option dicts (r and alpha from `hyper`, no dropout)."""
+    kwargs = {"r": hyper.r, "alpha": hyper.alpha, "dropout": 0.0, "target_modules": targets, **options}
     return AdapterConfig(**kwargs)
 
 
@@ -284,6 +320,58 @@ def training_rows(w: Workload, adapterhub_reason: str | None) -> list[Row]:
     return rows
 
 
+def vl_training_rows(w: Workload) -> list[Row]:
+    """Returns the training rows of a VL suite, all at its hyper-parameters: floor, LoRA and MTL-LoRA (full and
+    diagonal Λ, on the workload's task-ordered batch, and full Λ with the tasks interleaved: the worst layout, one
+    run per sample), and for context PEFT LoRA and the official MTL-LoRA formulation."""
+    h = w.hyper
+    mtl = {"method": "mtl_lora", "num_tasks": h.num_tasks, "num_up": h.num_up, "temperature": h.temperature}
+    interleaved = mixed_task_ids(len(w.task_ids), w.task_ids.device, h.num_tasks)
+    base = w.make_base()
+    rows = [_row("base", "frozen base (floor)", "floor", base, _train_step(base, w))]
+    for i, (key, label, options, ids) in enumerate(
+        [
+            ("lora", f"LoRA r={h.r}", {"method": "lora"}, None),
+            ("mtl_lora", "MTL-LoRA full Λ", mtl, None),
+            ("mtl_lora_diag", "MTL-LoRA diagonal Λ", {**mtl, "lambda_type": "diagonal"}, None),
+            ("mtl_lora_interleaved", "MTL-LoRA full Λ, tasks interleaved", mtl, interleaved),
+        ]
+    ):
+        model = apply_adapters(w.make_base(), our_config(options, w.targets, h))
+        perturb_trainable(model, seed=i)
+        task_aware = "num_tasks" in options
+        step = _train_step(model, w, task_kwargs=task_aware, task_ids=ids)
+        rows.append(_row(key, f"{label} (ours)", "ours", model, step))
+
+    def build_peft():
+        config = peft.LoraConfig(r=h.r, lora_alpha=h.alpha, lora_dropout=0.0, target_modules=w.targets)
+        model = peft.get_peft_model(w.make_base(), config)
+        perturb_trainable(model, seed=10)
+        return model, _train_step(model, w)
+
+    rows.append(_built("peft_lora", f"PEFT LoRA r={h.r}", "peer", build_peft, note=f"peft {peft.__version__}"))
+    box = TaskIds()
+
+    def official_layer(lin: nn.Linear) -> nn.Module:
+        return OfficialMTLLoRALinear(lin, h.r, h.alpha, h.num_tasks, h.num_up, h.temperature, "full", box)
+
+    def build_official():
+        model = replace_linears(w.make_base(), w.targets, official_layer)
+        perturb_trainable(model, seed=11)
+        return model, _train_step(model, w, box=box)
+
+    rows.append(
+        _built(
+            "official_mtl_lora",
+            "official MTL-LoRA formulation, full Λ",
+            "official",
+            build_official,
+            note="re-implemented from spec §1.1: per-sample index_select of A, Λ_t, B̃_t; three bmm",
+        )
+    )
+    return rows
+
+
 def inference_rows(w: Workload) -> list[Row]:
     """Returns the merged-inference rows: frozen base, MTL-LoRA merged for task 0 (`merge_task`), and for context
     the unmerged MTL-LoRA on the mixed-task batch and merged LoRA."""
@@ -321,6 +409,14 @@ class Scale:
     llama_config: dict[str, int]
     llama_batch: int
     llama_seq: int
+    vl_dim: int  # the VL layer: d_model
+    vl_batch: int
+    vl_visual: int  # visual tokens per sample
+    vl_text: int  # text tokens per sample
+    vl_bart_config: dict[str, int]  # the VL-BART model (a BartConfig)
+    vl_feat_dim: int
+    vl_model_batch: int
+    vl_answer: int  # decoder tokens per sample
 
 
 FULL = Scale(
@@ -340,6 +436,24 @@ FULL = Scale(
     },
     llama_batch=8,
     llama_seq=128,
+    vl_dim=768,  # bart-base's d_model; 512 samples of 36 visual + 20 text tokens (the official batch)
+    vl_batch=512,
+    vl_visual=36,
+    vl_text=20,
+    vl_bart_config={  # bart-base's shapes, with a smaller vocabulary (the lm_head is not adapted)
+        "d_model": 768,
+        "encoder_layers": 6,
+        "decoder_layers": 6,
+        "encoder_attention_heads": 12,
+        "decoder_attention_heads": 12,
+        "encoder_ffn_dim": 3072,
+        "decoder_ffn_dim": 3072,
+        "vocab_size": 8192,
+        "max_position_embeddings": 1024,
+    },
+    vl_feat_dim=2048,
+    vl_model_batch=8,
+    vl_answer=8,
 )
 QUICK = Scale(
     layer_dims=(64, 32),
@@ -358,6 +472,24 @@ QUICK = Scale(
     },
     llama_batch=8,
     llama_seq=16,
+    vl_dim=96,
+    vl_batch=16,
+    vl_visual=4,
+    vl_text=3,
+    vl_bart_config={
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "vocab_size": 256,
+        "max_position_embeddings": 64,
+    },
+    vl_feat_dim=16,
+    vl_model_batch=8,
+    vl_answer=3,
 )
 # Model level adapts the attention q, k, v and the feed-forward input and output projections of every layer (the
 # DoRA paper's "q,k,v,up,down"): the widest set that AdapterHub can adapt too (it has no LoRA on the attention
@@ -445,3 +577,58 @@ def model_workloads(scale: Scale, device: torch.device, dtype: torch.dtype) -> l
                 )
             )
     return workloads
+
+
+def vl_workloads(scale: Scale, device: torch.device, dtype: torch.dtype) -> list[Workload]:
+    """Returns the VL training workloads at `VL_HYPER`: one d_model×d_model layer on batch × (visual + text) tokens,
+    and a VL-BART (seeded random weights, bart-base's shapes at full scale) on image-text batches, both on
+    task-ordered mixed-task batches (`task_ordered_ids`)."""
+    from transformers import BartConfig
+
+    from mtllora.vl_bart import VLBartForConditionalGeneration
+
+    h = VL_HYPER
+    seq = scale.vl_visual + scale.vl_text
+    layer = layer_workload(scale.vl_dim, scale.vl_batch, seq, device, dtype)
+    layer = dataclasses.replace(
+        layer,
+        name=f"vl-layer-{scale.vl_dim}",
+        title=f"VL layer {scale.vl_dim}×{scale.vl_dim}, {scale.vl_batch}×{seq} tokens (r={h.r}), forward+backward",
+        task_ids=task_ordered_ids(scale.vl_batch, device, h.num_tasks),
+        tags=("train", "layer", "vl"),
+        hyper=h,
+        info={**layer.info, "visual": scale.vl_visual, "text": scale.vl_text, "hyper": dataclasses.asdict(h)},
+    )
+
+    torch.manual_seed(0)
+    config = BartConfig(**scale.vl_bart_config, dropout=0.0, attention_dropout=0.0)
+    template = VLBartForConditionalGeneration(config, feat_dim=scale.vl_feat_dim).to(device, dtype)
+    template.requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    b, vocab = scale.vl_model_batch, config.vocab_size
+    vis_feats = torch.randn(b, scale.vl_visual, scale.vl_feat_dim, generator=gen).to(device, dtype)
+    # The input of the adapted part requires grad (see model_workload): the visual features, a leaf reset each step.
+    vis_feats.requires_grad_(True)
+    batch = {
+        "input_ids": torch.randint(3, vocab, (b, scale.vl_text), generator=gen).to(device),
+        "attention_mask": torch.ones(b, scale.vl_text, dtype=torch.long, device=device),
+        "vis_feats": vis_feats,
+        "vis_pos": torch.rand(b, scale.vl_visual, 4, generator=gen).to(device, dtype),
+        "labels": torch.randint(3, vocab, (b, scale.vl_answer), generator=gen).to(device),
+    }
+    cfg = scale.vl_bart_config
+    title = (
+        f"VL-BART {cfg['encoder_layers']}+{cfg['decoder_layers']}×{cfg['d_model']} (random), {b}×({scale.vl_visual} "
+        f"visual + {scale.vl_text} text) → {scale.vl_answer} tokens (r={h.r}), training step (forward+backward)"
+    )
+    info = {"model": "VLBartForConditionalGeneration", "config": cfg, "batch": b, "targets": VL_TARGETS}
+    model = model_workload("vl-bart", title, template, VL_TARGETS, batch, "train", info)
+    model = dataclasses.replace(
+        model,
+        task_ids=task_ordered_ids(b, device, h.num_tasks),
+        leaves=[vis_feats],
+        tags=("train", "model", "vl"),
+        hyper=h,
+        info={**info, "visual": scale.vl_visual, "text": scale.vl_text, "hyper": dataclasses.asdict(h)},
+    )
+    return [layer, model]
