@@ -110,9 +110,9 @@ def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in _flatten(config) if not _is_neutral(key)}
 
 
-def _stored_config(output_dir: Path) -> dict[str, Any] | None:
-    """The config a run directory belongs to: its config.json, else the one inside its metrics.json (committed
-    results keep only metrics.json), else None."""
+def stored_config(output_dir: Path) -> dict[str, Any] | None:
+    """Returns the config a run directory belongs to: its config.json, else the one inside its metrics.json
+    (committed results keep only metrics.json), else None."""
     if (output_dir / STORED_CONFIG_FILE).exists():
         return json.loads((output_dir / STORED_CONFIG_FILE).read_text())
     if (output_dir / METRICS_FILE).exists():
@@ -126,7 +126,7 @@ def claim_run_dir(output_dir: Path, config: Mapping[str, Any], resume: bool, wri
     configuration. Every rank checks, so that all of them stop together."""
     stored_file = output_dir / STORED_CONFIG_FILE
     mine = result_config(config)
-    stored = _stored_config(output_dir)
+    stored = stored_config(output_dir)
     if stored is not None:
         theirs = result_config(stored)
         differing = sorted(set(mine) ^ set(theirs) | {k for k in set(mine) & set(theirs) if mine[k] != theirs[k]})

@@ -281,7 +281,7 @@ def _netrc_text() -> str:
     return path.read_text() if path.exists() else ""
 
 
-def _instantiate(node: DictConfig) -> Any:
+def instantiate_node(node: DictConfig) -> Any:
     """hydra.utils.instantiate, raising the target's own error (e.g. an unknown task name) rather than Hydra's
     wrapper around it."""
     try:
@@ -307,21 +307,31 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def method_adapter_config(cfg: DictConfig, benchmark: Benchmark) -> AdapterConfig | None:
+    """Returns the run's AdapterConfig: the method's, plus the benchmark's trainable parameters (task heads), with
+    `num_tasks` taken from the benchmark when the method leaves it null; None for `adapter: null` (the base model
+    as it is, a zero-shot row)."""
+    if cfg.method.adapter is None:
+        return None
+    adapter = OmegaConf.to_container(cfg.method.adapter, resolve=True)
+    adapter["trainable"] = [*benchmark.trainable, *adapter.get("trainable", [])]
+    if adapter.get("num_tasks", 0) is None:  # a task-aware method whose tasks come from the benchmark's data
+        adapter["num_tasks"] = len(benchmark.tasks)
+    return AdapterConfig.from_dict(adapter)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Trains and evaluates one configuration; writes `metrics.json` and the adapter into the run directory and
     returns the metrics dict (on every rank)."""
     register_resolvers()
     output_dir = Path(cfg.paths.output_dir)
     set_seed(cfg.seed)
-    benchmark: Benchmark = _instantiate(cfg.benchmark)
+    benchmark: Benchmark = instantiate_node(cfg.benchmark)
     model_cfg = ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True))
     model, tokenizer = benchmark.build_model(model_cfg)
-    adapter = None if cfg.method.adapter is None else OmegaConf.to_container(cfg.method.adapter, resolve=True)
-    if adapter is not None:  # null: the base model as it is (a zero-shot row), evaluated without training
-        adapter["trainable"] = [*benchmark.trainable, *adapter.get("trainable", [])]
-        if adapter.get("num_tasks", 0) is None:  # a task-aware method whose tasks come from the benchmark's data
-            adapter["num_tasks"] = len(benchmark.tasks)
-        apply_adapters(model, AdapterConfig.from_dict(adapter))
+    adapter_config = method_adapter_config(cfg, benchmark)
+    if adapter_config is not None:
+        apply_adapters(model, adapter_config)
     else:
         model.requires_grad_(False)  # nothing is trained, so nothing counts as trainable
     params = count_parameters(model)
@@ -332,8 +342,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     claim_run_dir(output_dir, config, cfg.trainer.resume, write=args.process_index == 0)
     if cfg.logger.name == "wandb" and args.process_index == 0:
         _init_wandb(cfg, config, output_dir)
-    callbacks = [_instantiate(c) for c in cfg.trainer.callbacks]
-    trains = adapter is not None
+    callbacks = [instantiate_node(c) for c in cfg.trainer.callbacks]
+    trains = adapter_config is not None
     trainer = AdapterTrainer(
         model=model,
         args=args,
@@ -363,7 +373,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = {
         "benchmark": benchmark.name,
         "profile": cfg.profile,
-        "method": adapter["method"] if trains else cfg.method.name,
+        "method": adapter_config.method if trains else cfg.method.name,
         "label": cfg.method.label,
         "model": model_cfg.name,
         "seed": cfg.seed,

@@ -185,7 +185,7 @@ GOOD = {"instruction": "q", "input": "", "output": "the correct answer is true",
         ({**GOOD, "task_id": True}, "task_id must be an integer 0-7, got True"),
         ({**GOOD, "task_id": "0"}, "task_id must be an integer 0-7, got '0'"),
         ({**GOOD, "task": "piqa", "task_id": 0}, "task 'piqa' and task_id 0 (boolq) disagree"),
-        (["q", "", "o"], "expected an object with instruction/input/output, got list"),
+        (["q", "", "o"], "expected a JSON object, got list"),
     ],
 )
 def test_a_malformed_record_names_file_index_and_problem(tmp_path, bad, problem):

@@ -7,17 +7,39 @@ a training set with a `task_ids` column and a collator, trains, then hands it th
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 from torch import nn
-from transformers import PreTrainedTokenizerBase, Trainer
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from ..models import ModelConfig
 
 MIXINGS = ("proportional", "temperature", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportLayout:
+    """One task of a benchmark's model as a standard Hugging Face model, which `mtllora.export` writes.
+
+    `rename` maps a parameter or module path of the benchmark's model to its path in the standard model (None: it
+    has no place there, e.g. another task's head); `standalone` turns the benchmark's model, adapters merged for the
+    task, into the standard model; `config` is that model's config; `peft_task_type` is PEFT's task type for it.
+    """
+
+    auto_class_name: str
+    config: PretrainedConfig
+    rename: Callable[[str], str | None]
+    standalone: Callable[[nn.Module], PreTrainedModel]
+    peft_task_type: str | None = None
+
+
+def same_model_layout(model: PreTrainedModel, auto_class_name: str, peft_task_type: str) -> ExportLayout:
+    """Returns the layout of a benchmark whose model already is a standard Hugging Face model (a causal LM)."""
+    return ExportLayout(auto_class_name, model.config, lambda path: path, lambda merged: merged, peft_task_type)
 
 
 class Benchmark(abc.ABC):
@@ -25,6 +47,8 @@ class Benchmark(abc.ABC):
 
     name: str
     tasks: list[str]
+    # True when each task has its own head, so that even a task-agnostic adapter exports one model per task.
+    task_heads: bool = False
 
     @property
     def trainable(self) -> list[str]:
@@ -54,6 +78,22 @@ class Benchmark(abc.ABC):
     @abc.abstractmethod
     def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
         """Returns the benchmark's headline average over the eval sets (its usual convention)."""
+
+    def export_layout(self, model: nn.Module, task_id: int) -> ExportLayout:
+        """Returns how task `task_id` of this benchmark's model maps onto a standard Hugging Face model (for
+        `mtllora.export`); raises when it has no such form."""
+        raise ValueError(f"{self.name} models have no standard Hugging Face form to export to")
+
+    def input_problem(self, task: str, record: Mapping[str, Any]) -> str | None:
+        """Returns what keeps `record` from being an input record of `task` for `predict`, or None."""
+        return None
+
+    def predict(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: str, records: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Returns one prediction row per input record of `task` (as the benchmark's evaluation computes it), for
+        `mtllora.predict`; raises when the benchmark has no prediction from raw inputs."""
+        raise ValueError(f"{self.name} has no prediction from raw input records")
 
 
 def mix_tasks(

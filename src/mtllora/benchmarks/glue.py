@@ -3,6 +3,7 @@ jointly."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,22 @@ import torch
 from datasets import Dataset
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoModel, DataCollatorWithPadding, PreTrainedTokenizerBase, Trainer
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..adapters import check_task_id_range
 from ..metrics import glue_average, glue_metrics, task_score
 from ..models import ModelConfig, load_pretrained, load_tokenizer
-from .base import Benchmark, mix_tasks
-from .glue_data import GLUE_TASKS, glue_task, load_glue_split, missing_glue_files
+from .base import Benchmark, ExportLayout, mix_tasks
+from .glue_data import GLUE_TASKS, glue_input_columns, glue_task, load_glue_split, missing_glue_files
 
 POOLINGS = ("cls", "mean")
 HEADS = ("linear", "mlp")
@@ -31,6 +40,8 @@ EVAL_SUBSAMPLE_SEED = 0
 class GlueBenchmark(Benchmark):
     """GLUE tasks trained jointly; task id = position in `tasks` (default order CoLA, SST-2, MRPC, QQP, STS-B,
     MNLI, QNLI, RTE). Evaluated on the dev sets (MNLI matched and mismatched) with the usual metrics."""
+
+    task_heads = True
 
     def __init__(
         self,
@@ -141,17 +152,112 @@ class GlueBenchmark(Benchmark):
         results = {}
         for key, (task, dataset) in self.eval_datasets(tokenizer).items():
             output = trainer.predict(dataset, metric_key_prefix=key)
-            num_labels = glue_task(task).num_labels
-            logits = np.asarray(output.predictions)[:, :num_labels]
-            predictions = logits[:, 0] if num_labels == 1 else logits.argmax(axis=-1)
-            results[key] = glue_metrics(task, predictions, output.label_ids)
+            results[key] = glue_metrics(task, task_predictions(task, output.predictions), output.label_ids)
         return results
+
+    def input_problem(self, task: str, record: Mapping[str, Any]) -> str | None:
+        """Returns what keeps `record` from being an input of `task` (its hub text fields, e.g. sentence1 and
+        sentence2), or None."""
+        for column in filter(None, glue_input_columns(task)):
+            if not isinstance(record.get(column), str):
+                return f"{task} needs a string {column!r} (fields {[c for c in glue_input_columns(task) if c]})"
+        return None
+
+    def predict(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        task: str,
+        records: list[dict[str, Any]],
+        batch_size: int = 64,
+    ) -> list[dict[str, Any]]:
+        """Returns {"prediction": label name, or the score for STS-B} per record, computed as `evaluate` does
+        (length-sorted batches, the task's head)."""
+        first, second = glue_input_columns(task)
+        rows = Dataset.from_dict(
+            {
+                "text_a": [r[first] for r in records],
+                "text_b": [r[second] for r in records] if second else [None] * len(records),
+                "label": [0.0] * len(records),
+            }
+        )
+        dataset = self._tokenize(rows, tokenizer, self.tasks.index(task)).remove_columns("labels")
+        order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
+        collate = self.collator(tokenizer)
+        device = next(model.parameters()).device
+        logits = np.zeros((len(records), max(glue_task(t).num_labels for t in self.tasks)), dtype=np.float32)
+        model.eval()
+        with torch.no_grad():
+            for start in tqdm(range(0, len(order), batch_size), desc=f"predict {task}"):
+                rows_here = order[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in collate([dataset[int(i)] for i in rows_here]).items()}
+                logits[rows_here] = model(**batch).logits.float().cpu().numpy()
+        labels = glue_task(task).label_names
+        values = task_predictions(task, logits)
+        return [{"prediction": float(v) if not labels else labels[int(v)]} for v in values]
+
+    def export_layout(self, model: nn.Module, task_id: int) -> ExportLayout:
+        """Task t as `AutoModelForSequenceClassification`: the encoder, and head t as its classification head. Exact
+        for first-token pooling with the mlp head (dense + tanh + linear), which BERT's pooler + classifier and
+        RoBERTa's classification head compute; other poolings and heads have no such class."""
+        if (self.pooling, self.head) != ("cls", "mlp"):
+            raise ValueError(
+                f"GLUE heads with pooling={self.pooling!r}, head={self.head!r} have no Hugging Face "
+                f"AutoModelForSequenceClassification equivalent (exportable: pooling='cls', head='mlp'); predict "
+                f"with the run itself: python -m mtllora.predict RUN_DIR --task ..."
+            )
+        task = glue_task(self.tasks[task_id])
+        config = copy.deepcopy(model.encoder.config)
+        config.num_labels = task.num_labels
+        config.problem_type = "regression" if task.is_regression else "single_label_classification"
+        if task.label_names:
+            config.id2label = dict(enumerate(task.label_names))
+            config.label2id = {name: i for i, name in enumerate(task.label_names)}
+        with torch.device("meta"):
+            skeleton = AutoModelForSequenceClassification.from_config(config)
+        config.architectures = [type(skeleton).__name__]
+        prefix, modules = skeleton.base_model_prefix, {name for name, _ in skeleton.named_modules()}
+        if {"classifier.dense", "classifier.out_proj"} <= modules:  # RoBERTa family
+            dense, out = "classifier.dense", "classifier.out_proj"
+        elif {f"{prefix}.pooler.dense", "classifier"} <= modules:  # BERT family
+            dense, out = f"{prefix}.pooler.dense", "classifier"
+        else:
+            raise ValueError(
+                f"{type(skeleton).__name__} has neither BERT's pooler + classifier nor RoBERTa's classifier.dense + "
+                f"out_proj, so GLUE head {task_id} has no place in it"
+            )
+        head = f"heads.{task_id}."
+        places = {"encoder.pooler": None, "encoder": prefix, f"{head}1": dense, f"{head}4": out}
+
+        def rename(path: str) -> str | None:
+            for ours, theirs in places.items():  # the encoder's own pooler is unused: replaced or absent
+                if path == ours or path.startswith(ours + "."):
+                    return None if theirs is None else theirs + path[len(ours) :]
+            return None
+
+        def standalone(merged: nn.Module) -> PreTrainedModel:
+            state = {name: v for k, v in merged.state_dict().items() if (name := rename(k)) is not None}
+            standard = AutoModelForSequenceClassification.from_config(config).to(next(merged.parameters()).dtype)
+            missing, unexpected = standard.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"export of head {task_id}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            return standard.eval()
+
+        return ExportLayout("AutoModelForSequenceClassification", config, rename, standalone, "SEQ_CLS")
 
     def task_score(self, metrics: Mapping[str, float]) -> float:
         return task_score(metrics)
 
     def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
         return glue_average(results)
+
+
+def task_predictions(task: str, logits: np.ndarray) -> np.ndarray:
+    """Returns the predictions of `task` from the model's [rows, max labels] logits: the score (column 0) for a
+    regression task, else the arg-max over the task's own label columns."""
+    num_labels = glue_task(task).num_labels
+    logits = np.asarray(logits)[:, :num_labels]
+    return logits[:, 0] if num_labels == 1 else logits.argmax(axis=-1)
 
 
 class MultiTaskClassifier(nn.Module):

@@ -145,6 +145,12 @@ def glue_task(name: str) -> GlueTask:
     return _task_spec(name).task
 
 
+def glue_input_columns(name: str) -> tuple[str, str | None]:
+    """Returns the names of task `name`'s text fields in the hub dataset (e.g. ("sentence1", "sentence2")), the
+    fields a user's own input records carry."""
+    return _task_spec(name).hub_text
+
+
 def _features(task: GlueTask) -> datasets.Features:
     """Returns the common schema of every split; the label dtype depends on regression vs classification."""
     return datasets.Features(

@@ -29,7 +29,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..models import ModelConfig, load_pretrained, load_tokenizer
-from .base import Benchmark
+from .base import Benchmark, ExportLayout, same_model_layout
 from .generation import generate, write_jsonl
 
 # The official training prompt (mlora_finetune.py), whitespace included: the 16-space indentation and the trailing
@@ -57,10 +57,18 @@ class RecordError(ValueError):
 
 
 def read_records(path: str | Path, check: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
-    """Returns the records of a JSON list or JSON Lines file (one object per line; the first character decides),
-    each checked for string `instruction`, `input` (may be "") and `output`, and a string `answer` when present;
-    other keys are kept; `check` may add a benchmark's own rule (it returns the problem, or None). Raises
-    RecordError naming the file and the record (and line) or, for invalid JSON, the line and column."""
+    """Returns the records of a JSON list or JSON Lines file (see `read_json_records`), each checked for string
+    `instruction`, `input` (may be "") and `output`, and a string `answer` when present; other keys are kept;
+    `check` may add a benchmark's own rule (it returns the problem, or None)."""
+    return read_json_records(path, lambda record: _record_problem(record) or (check(record) if check else None))
+
+
+def read_json_records(
+    path: str | Path, check: Callable[[dict[str, Any]], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Returns the JSON objects of a JSON list or JSON Lines file (one object per line; the first character
+    decides), each checked by `check` (it returns the problem, or None). Raises RecordError naming the file and
+    the record (and line) or, for invalid JSON, the line and column."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no data file {path}")
@@ -79,7 +87,9 @@ def read_records(path: str | Path, check: Callable[[dict[str, Any]], str | None]
         got = "an empty file" if not start else f"{start!r}"
         raise RecordError(f"{path}: expected a JSON list of records or JSON Lines (one object per line), got {got}")
     for record, place in zip(records, where, strict=True):
-        problem = _record_problem(record) or (check(record) if check is not None else None)
+        if not isinstance(record, dict):
+            raise RecordError(f"{path}: {place}: expected a JSON object, got {type(record).__name__}")
+        problem = check(record) if check is not None else None
         if problem:
             raise RecordError(f"{path}: {place}: {problem}")
     return records
@@ -97,8 +107,6 @@ def _parse_json(path: Path, text: str, line_offset: int = 0) -> Any:
 
 def _record_problem(record: Any) -> str | None:
     """Returns what is wrong with an instruction record, or None."""
-    if not isinstance(record, dict):
-        return f"expected an object with instruction/input/output, got {type(record).__name__}"
     for key in ("instruction", "input", "output"):
         if key not in record:
             return f"missing {key!r} (has {', '.join(map(repr, record)) or 'no keys'})"
@@ -242,38 +250,23 @@ class InstructBenchmark(Benchmark):
 
     def evaluate(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict[str, float]]:
         records = {task: self.test_records(task) for task in self.tasks}
-        prompts = [self.prompt(r) for task in self.tasks for r in records[task]]
-        task_ids = [i for i, task in enumerate(self.tasks) for _ in records[task]]
         ds_config = trainer.args.hf_deepspeed_config.config if trainer.is_deepspeed_enabled else {}
-        responses = iter(
-            generate(
+        answered = iter(
+            self.respond(
                 trainer.model,
                 tokenizer,
-                prompts,
-                task_ids,
-                batch_size=self.eval_batch_size,
-                max_new_tokens=self.max_new_tokens,
-                num_beams=self.num_beams,
+                [(task, r) for task in self.tasks for r in records[task]],
                 synced_gpus=ds_config.get("zero_optimization", {}).get("stage") == 3,
-                desc=f"{self.name} eval",
             )
         )
         results = {}
         for task in self.tasks:
             rows = []
             for index, record in enumerate(records[task]):
-                response = next(responses)
                 label = record.get("answer", record["output"])
-                prediction = self.extract_answer(task, response)
-                rows.append(
-                    {
-                        "index": index,
-                        "label": label,
-                        "response": response,
-                        "prediction": prediction,
-                        "correct": self.is_correct(task, prediction, label),
-                    }
-                )
+                row = {"index": index, "label": label, **next(answered)}
+                row["correct"] = self.is_correct(task, row["prediction"], label)
+                rows.append(row)
             if trainer.is_world_process_zero():
                 write_jsonl(Path(trainer.args.output_dir) / "predictions" / f"{task}.jsonl", rows)
             results[task] = {
@@ -281,6 +274,48 @@ class InstructBenchmark(Benchmark):
                 "no_answer": float(np.mean([row["prediction"] == "" for row in rows])),
             }
         return results
+
+    def respond(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        synced_gpus: bool = False,
+    ) -> list[dict[str, str]]:
+        """Returns {"response", "prediction"} for every (task, record): the generated response to the record's
+        prompt under the task's id (tasks share batches) and the answer extracted from it. Evaluation and
+        `predict` both answer through it, so a prediction is what the evaluation scored."""
+        task_ids = {task: i for i, task in enumerate(self.tasks)}
+        responses = generate(
+            model,
+            tokenizer,
+            [self.prompt(record) for _, record in items],
+            [task_ids[task] for task, _ in items],
+            batch_size=self.eval_batch_size,
+            max_new_tokens=self.max_new_tokens,
+            num_beams=self.num_beams,
+            synced_gpus=synced_gpus,
+            desc=f"{self.name} generate",
+        )
+        return [
+            {"response": response, "prediction": self.extract_answer(task, response)}
+            for (task, _), response in zip(items, responses, strict=True)
+        ]
+
+    def input_problem(self, task: str, record: Mapping[str, Any]) -> str | None:
+        """An input record has a string `instruction` and, optionally, a string `input`."""
+        for key in ("instruction", "input"):
+            if (key == "instruction" or key in record) and not isinstance(record.get(key), str):
+                return f"{key!r} must be a string, got {record.get(key)!r:.60}"
+        return None
+
+    def predict(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: str, records: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        return self.respond(model, tokenizer, [(task, {"input": "", **r}) for r in records])
+
+    def export_layout(self, model: nn.Module, task_id: int) -> ExportLayout:
+        return same_model_layout(model, "AutoModelForCausalLM", "CAUSAL_LM")
 
     def task_score(self, metrics: Mapping[str, float]) -> float:
         return 100.0 * metrics["accuracy"]
