@@ -19,7 +19,7 @@ ifneq ($(SHARED_DATA),)
 $(CPU_TARGETS): export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu clean
+.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu export clean
 
 install: $(STAMP)
 
@@ -70,6 +70,11 @@ reproduce-commonsense-cpu: install-smollm2
 
 sweep-glue-cpu: install
 	bash scripts/sweep-glue-cpu.sh
+
+# A trained run as PEFT adapters or a merged checkpoint (README "Serve a trained model"):
+# make export RUN=results/runs/... FORMAT=peft-per-task OUT=exports/name [TASK=boolq]
+export: install
+	$(PY) -m mtllora.export $(RUN) --format $(FORMAT) --out $(OUT) $(if $(TASK),--task $(TASK))
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
