@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -32,7 +33,7 @@ from mtllora.metrics import glue_metrics
 from mtllora.models import ModelConfig
 from mtllora.predict import predict
 from mtllora.runs import load_run
-from mtllora.train import ADAPTER_FILE, instantiate_node, method_adapter_config
+from mtllora.train import ADAPTER_FILE, instantiate_node, method_adapter_config, run
 
 from .conftest import ALL_METHODS, TASK_AWARE, randomize_adapters, write_tiny_llama
 from .test_train import ENV, REPO, compose_cfg
@@ -259,3 +260,20 @@ def test_command_lines_write_what_they_say(toy_llama_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1 and set(rows[0]) == {"index", "response", "prediction"}
+
+
+@pytest.mark.parametrize("source", ["peft", "adapter"])
+def test_training_continues_from_an_exported_or_saved_adapter(source, toy_llama_dir, tmp_path):
+    trained = fake_run(tmp_path / "trained", instruct_args(toy_llama_dir, "lora", tmp_path / "cache"))
+    start = trained / ADAPTER_FILE
+    if source == "peft":
+        start = export(trained, "peft", tmp_path / "peft")[0]
+    args = [*instruct_args(toy_llama_dir, "lora", tmp_path / "cache"), f"init_adapter={start}"]
+    run(compose_cfg([*args, "trainer.learning_rate=0", "trainer.max_steps=1"], tmp_path / "continued"))
+    before, after = load_file(trained / ADAPTER_FILE), load_file(tmp_path / "continued" / ADAPTER_FILE)
+    assert before.keys() == after.keys()
+    for name in before:  # a zero learning rate leaves the imported values as they were
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    if source == "peft":
+        with pytest.raises(ValueError, match=r"is lora r=8 alpha=16, this run trains lora r=4 alpha=16"):
+            run(compose_cfg([*args, "method.adapter.r=4"], tmp_path / "other"))

@@ -34,12 +34,16 @@ from transformers.trainer import SCHEDULER_NAME
 
 from .adapters import (
     AdapterConfig,
+    adapter_layers,
     adapter_state_dict,
     apply_adapters,
     count_parameters,
+    get_adapter_config,
+    load_adapter,
     load_adapter_state_dict,
     save_adapter,
 )
+from .adapters.convert import from_peft_state_dict, read_peft_config
 from .benchmarks.base import Benchmark
 from .metrics import ConstantPredictionWarning
 from .models import ModelConfig
@@ -320,6 +324,29 @@ def method_adapter_config(cfg: DictConfig, benchmark: Benchmark) -> AdapterConfi
     return AdapterConfig.from_dict(adapter)
 
 
+def load_initial_adapter(model: torch.nn.Module, path: str | Path) -> None:
+    """Copies trained adapter values into the model's freshly applied adapters, to continue training them: a
+    `save_adapter` file (its config must equal the run's) or a PEFT LoRA/DoRA folder (same method, r and alpha)."""
+    path = Path(path)
+    if not path.is_dir():
+        load_adapter(model, path)
+        return
+    ours, theirs = get_adapter_config(model), read_peft_config(path)
+    if (ours.method, ours.r, ours.alpha) != (theirs.method, theirs.r, theirs.alpha):
+        raise ValueError(
+            f"init_adapter {path} is {theirs.method} r={theirs.r} alpha={theirs.alpha:g}, this run trains "
+            f"{ours.method} r={ours.r} alpha={ours.alpha:g}; choose the matching method (method.adapter.r=...)"
+        )
+    state = from_peft_state_dict(load_file(str(path / "adapter_model.safetensors")))
+    adapters = {
+        f"{name}.{leaf}" for name, layer in adapter_layers(model) for leaf, _ in layer.named_parameters(recurse=False)
+    }
+    missing = sorted(adapters - set(state))
+    if missing:
+        raise ValueError(f"init_adapter {path} lacks {len(missing)} of this run's adapter tensors, e.g. {missing[:3]}")
+    load_adapter_state_dict(model, {**adapter_state_dict(model), **state})  # other trained tensors keep their init
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Trains and evaluates one configuration; writes `metrics.json` and the adapter into the run directory and
     returns the metrics dict (on every rank)."""
@@ -332,6 +359,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     adapter_config = method_adapter_config(cfg, benchmark)
     if adapter_config is not None:
         apply_adapters(model, adapter_config)
+        if cfg.init_adapter is not None:
+            load_initial_adapter(model, cfg.init_adapter)
     else:
         model.requires_grad_(False)  # nothing is trained, so nothing counts as trainable
     params = count_parameters(model)
