@@ -9,16 +9,17 @@ Each task's low-rank path after A folds into one up-projection U_t [r, out], and
 output of every sample of task t (z = dropout(x) Aᵀ). Two ways to do that, chosen per call by the tokens per
 sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`):
 
-- gathered (S ≥ 8·r: GLUE, instruction tuning, commonsense): U_t is gathered per sample ([batch, r, out]) and one
-  batched GEMM adds z U_t out of place. The gathered tensor has r rows per sample where the output has S, so it is
-  small next to the output, and the path needs no task ids on the host.
+- gathered (S ≥ 8·r, e.g. 128-token GLUE or instruction batches at r=8): U_t is gathered per sample
+  ([batch, r, out]) and one batched GEMM adds z U_t out of place. The gathered tensor has r rows per sample where
+  the output has S, so it is small next to the output, and the path needs no task ids on the host.
 - grouped (S < 8·r: VL-BART's ~56 tokens at r=64, decoding one token at a time): the gathered tensor would be as
   large as the output or larger (and saved for backward). Instead the batch is cut into runs of consecutive samples
   of one task, and each run adds z U_t with one GEMM into its rows of the output, in place, as LoRA does: no
-  per-sample copy of U, nothing out-of-place. A single-task batch is one run, exactly LoRA's cost; a batch ordered
-  by task has at most T runs. The runs are read from the task ids once per forward (one host sync) and shared by
-  every layer. An interleaved batch has up to `batch` runs, one small GEMM each: cheap on CPU, but on a GPU each
-  is a kernel launch, so order the rows of a batch by task there (the loss does not depend on the order).
+  per-sample copy of U, nothing out-of-place, and only z kept for backward (U is formed again there, a few flops
+  per parameter). A single-task batch is one run, LoRA's cost; a batch ordered by task has at most T runs. The
+  runs are read from the task ids once per forward (one host sync) and shared by every layer. An interleaved batch
+  has up to `batch` runs, one small GEMM each: cheap on CPU, but on a GPU each is a kernel launch, so order the
+  rows of a batch by task there (the loss does not depend on the order).
 """
 
 from __future__ import annotations
@@ -63,35 +64,57 @@ def task_runs(ids: torch.Tensor) -> list[tuple[int, int, int]]:
 
 
 class _GroupedUpProjection(torch.autograd.Function):
-    """out[rows] += z[rows] @ up[t] for each run (t, rows) of one task, in place on the fresh base output.
+    """out[rows] += z[rows] @ U[t] for each run (t, rows) of one task, in place on the fresh base output, with
+    U = fold(*factors) [T, r, out] formed from the adapter's parameters.
 
     A custom Function because autograd would clone the whole output gradient for every in-place update of an
-    output slice (CopySlices); here backward passes the output gradient through untouched and computes z's and
-    up's gradients run by run into preallocated tensors (the same GEMMs as LoRA's backward)."""
+    output slice (CopySlices); here backward passes the output gradient through untouched and computes z's and U's
+    gradients run by run into preallocated tensors (the same GEMMs as LoRA's backward). U is formed again in
+    backward (T·r·(n+r)·out flops) rather than kept: between forward and backward the layer holds only z, as LoRA's
+    does, not U and its intermediates (~3·T·r·out values per layer, as much as the layer output at small batches)."""
 
     @staticmethod
-    def forward(ctx, out, z, up, runs):
+    def forward(ctx, out, z, runs, fold, *factors):
+        up = fold(*factors).to(out.dtype)
         for task, start, end in runs:
             out[start:end].addmm_(z[start:end], up[task])
         ctx.mark_dirty(out)
-        ctx.save_for_backward(z, up)
-        ctx.runs = runs
+        ctx.save_for_backward(z, *factors)
+        ctx.runs, ctx.fold = runs, fold
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        z, up = ctx.saved_tensors
-        grad_z = grad_up = None
-        if ctx.needs_input_grad[1]:
+        z, *factors = ctx.saved_tensors
+        needs_z, needs_factors = ctx.needs_input_grad[1], ctx.needs_input_grad[4:]
+        wanted = [i for i, needs in enumerate(needs_factors) if needs]
+        grad_z, grad_factors = None, [None] * len(factors)
+        if not (needs_z or wanted):
+            return grad, grad_z, None, None, *grad_factors
+        with torch.enable_grad():
+            leaves = [f.detach().requires_grad_(needs) for f, needs in zip(factors, needs_factors, strict=True)]
+            up = ctx.fold(*leaves).to(grad.dtype)
+        if needs_z:
             grad_z = torch.empty_like(z)
             for task, start, end in ctx.runs:
-                torch.mm(grad[start:end], up[task].t(), out=grad_z[start:end])
-        if ctx.needs_input_grad[2]:
+                torch.mm(grad[start:end], up[task].detach().t(), out=grad_z[start:end])
+        if wanted:
             grad_up = torch.zeros_like(up)
             for task, start, end in ctx.runs:
                 grad_up[task].addmm_(z[start:end].t(), grad[start:end])
-        return grad, grad_z, grad_up, None
+            grads = torch.autograd.grad(up, [leaves[i] for i in wanted], grad_up)
+            for i, g in zip(wanted, grads, strict=True):
+                grad_factors[i] = g
+        return grad, grad_z, None, None, *grad_factors
+
+
+def _mixing_weights(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    return torch.softmax(logits / temperature, dim=-1, dtype=torch.float32).to(dtype)
+
+
+def _full_lambdas(lam: torch.Tensor) -> torch.Tensor:
+    return lam if lam.dim() == 3 else torch.diag_embed(lam)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,35 +175,40 @@ class MTLLoRALinear(AdapterLinear):
     def mixing_weights(self) -> torch.Tensor:
         """Returns p = softmax(w / τ) per task, [T, n]: the softmax in fp32, cast to B's dtype (as the official
         code: w / τ in the parameter's dtype, then softmax(dtype=float32))."""
-        p = torch.softmax(self.lora_B_weight / self.options.temperature, dim=-1, dtype=torch.float32)
-        return p.to(self.lora_B.dtype)
+        return _mixing_weights(self.lora_B_weight, self.options.temperature, self.lora_B.dtype)
 
     def lambdas(self) -> torch.Tensor:
         """Returns Λ_t as full matrices, [T, r, r]."""
-        lam = self.lora_lambda
-        return lam if lam.dim() == 3 else torch.diag_embed(lam)
+        return _full_lambdas(self.lora_lambda)
 
     def task_up_projections(self) -> torch.Tensor:
         """Returns U [T, r, out] with U_t = s · Λ_tᵀ (Σ_i p_ti B_i)ᵀ, so that a sample of task t adds z U_t for its
         rank-space activations z (row vectors): each task's whole low-rank path after A folded into one rank-r
         up-projection, stored row-major (the layout in which autograd's gradient of it is a fast zᵀ @ grad)."""
-        mixed_up_t = torch.einsum("tn,nor->tro", self.mixing_weights() * self.scaling, self.lora_B)
-        return torch.bmm(self.lambdas().transpose(1, 2), mixed_up_t)
+        return self.fold_up_projections(self.lora_lambda, self.lora_B, self.lora_B_weight)
+
+    def fold_up_projections(self, lam: torch.Tensor, lora_B: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Returns U (`task_up_projections`) from these values of (lora_lambda, lora_B, lora_B_weight); the grouped
+        path calls it again in backward."""
+        p = _mixing_weights(logits, self.options.temperature, lora_B.dtype)
+        mixed_up_t = torch.einsum("tn,nor->tro", p * self.scaling, lora_B)
+        return torch.bmm(_full_lambdas(lam).transpose(1, 2), mixed_up_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self.task_ids(x)
         x2d, out = self.base_forward(x)
         z = self.lowrank_input(x2d, self.lora_A).to(out.dtype)
-        up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
         batch = ids.shape[0]
         per_sample = out.shape[0] // batch
         if per_sample >= GATHER_MIN_TOKENS_PER_RANK * self.r:
+            up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
             # Out of place: baddbmm_ on a [batch, tokens, out] view of the output would make autograd copy the
             # whole output gradient (CopySlices) in backward; this way the base output is freed after the sum.
             out = torch.baddbmm(out.view(batch, -1, self.out_features), z.view(batch, -1, self.r), up[ids])
         else:
             runs = [(task, start * per_sample, end * per_sample) for task, start, end in task_runs(ids)]
-            out = _GroupedUpProjection.apply(out, z, up, runs)
+            factors = (self.lora_lambda, self.lora_B, self.lora_B_weight)
+            out = _GroupedUpProjection.apply(out, z, runs, self.fold_up_projections, *factors)
         return self.finish(out, x)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
