@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Offline CPU defaults for the targets that run here (tests, CPU profiles, the bench, tables); override on the
 # command line (`make test HF_HUB_OFFLINE=0`). The paper profiles (reproduce-glue) get none of them: they use the
 # real accelerator and the Hugging Face hub, or a complete local copy named by MTLLORA_DATA_DIR.
-CPU_TARGETS := test bench tables reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu reproduce-commonsense-cpu
+CPU_TARGETS := test bench tables reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu reproduce-commonsense-cpu reproduce-image-text-cpu
 $(CPU_TARGETS): export HF_HUB_OFFLINE ?= 1
 $(CPU_TARGETS): export HF_DATASETS_OFFLINE ?= 1
 $(CPU_TARGETS): export WANDB_MODE ?= offline
@@ -19,7 +19,7 @@ ifneq ($(SHARED_DATA),)
 $(CPU_TARGETS): export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu export clean
+.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export clean
 
 install: $(STAMP)
 
@@ -70,6 +70,12 @@ reproduce-commonsense-cpu: install-smollm2
 
 sweep-glue-cpu: install
 	bash scripts/sweep-glue-cpu.sh
+
+reproduce-image-text: install
+	bash scripts/reproduce-image-text.sh
+
+reproduce-image-text-cpu: install
+	bash scripts/reproduce-image-text-cpu.sh
 
 # A trained run as PEFT adapters or a merged checkpoint (README "Serve a trained model"):
 # make export RUN=results/runs/... FORMAT=peft-per-task OUT=exports/name [TASK=boolq]

@@ -23,7 +23,13 @@ def test_cpu_defaults_belong_to_the_cpu_targets_only():
     for variable in CPU_DEFAULTS:
         assert not re.search(rf"^(export )?{variable}\s*[:?]?=", database, re.M), f"{variable} is set for every target"
     per_target = {(target, variable) for target, variable in re.findall(r"^([\w-]+): (\w+) :?= ", database, re.M)}
-    for target in ("test", "reproduce-glue-cpu", "reproduce-glue-cpu-full", "reproduce-commonsense-cpu"):
+    for target in (
+        "test",
+        "reproduce-glue-cpu",
+        "reproduce-glue-cpu-full",
+        "reproduce-commonsense-cpu",
+        "reproduce-image-text-cpu",
+    ):
         assert (target, "DS_ACCELERATOR") in per_target and (target, "HF_HUB_OFFLINE") in per_target, target
-    for target in ("reproduce-glue", "reproduce-commonsense", "gpu-check"):
+    for target in ("reproduce-glue", "reproduce-commonsense", "reproduce-image-text", "gpu-check"):
         assert not any(t == target for t, _ in per_target), f"{target} must not get the CPU/offline defaults"

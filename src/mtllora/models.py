@@ -52,12 +52,13 @@ def load_tokenizer(cfg: ModelConfig, **kwargs: Any) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(cfg.name_or_path, gguf_file=cfg.gguf_file, **kwargs)
 
 
-def load_pretrained(cfg: ModelConfig, auto_class: Any) -> nn.Module:
-    """Returns `auto_class.from_pretrained(...)` (e.g. AutoModel, AutoModelForCausalLM) in the configured dtype.
+def load_pretrained(cfg: ModelConfig, auto_class: Any, **kwargs: Any) -> nn.Module:
+    """Returns `auto_class.from_pretrained(...)` (e.g. AutoModel, AutoModelForCausalLM) in the configured dtype;
+    `kwargs` go to `from_pretrained` (e.g. VL-BART's feat_dim).
 
     GGUF weights are dequantised by transformers on load, but the model keeps a GGUF quantizer that makes HF
     Trainer refuse to train it; it is dropped here, since the loaded weights are plain tensors."""
-    model = auto_class.from_pretrained(cfg.name_or_path, dtype=cfg.torch_dtype, gguf_file=cfg.gguf_file)
+    model = auto_class.from_pretrained(cfg.name_or_path, dtype=cfg.torch_dtype, gguf_file=cfg.gguf_file, **kwargs)
     if cfg.gguf_file is not None:
         model.hf_quantizer = None
         model.is_quantized = False

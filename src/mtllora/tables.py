@@ -62,6 +62,10 @@ TASK_NAMES = {
     "ARC-Easy": "ARC-e",
     "ARC-Challenge": "ARC-c",
     "openbookqa": "OBQA",
+    "vqa": "VQAv2",
+    "gqa": "GQA",
+    "nlvr": "NLVR2",
+    "caption": "COCO Cap.",
 }
 METRIC_NAMES = {
     "matthews_correlation": "MCC",
@@ -69,6 +73,8 @@ METRIC_NAMES = {
     "f1": "F1",
     "pearson": "Pearson",
     "spearmanr": "Spearman",
+    "CIDEr": "CIDEr",
+    "BLEU-4": "BLEU-4",
 }
 # Row order of the paper's tables; variants of other methods follow, alphabetically by label.
 METHOD_ORDER = ("lora", "dora", "multilora", "moelora", "mtl_lora")
