@@ -50,8 +50,10 @@ def _model(lambda_type: str = "full", dtype: torch.dtype = torch.float64) -> nn.
 
 def _run(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, grouped: bool, monkeypatch) -> tuple:
     """Returns (output, gradients of x and of every trainable parameter) of one forward+backward on one path."""
-    # The rule picks the gathered path when tokens per sample ≥ factor · r: 0 forces it, a huge factor the other.
+    # The rule picks the gathered path when tokens per sample ≥ factor · r (0 forces it), else the grouped path when
+    # there are at most GROUPED_MAX_RUNS_PER_TASK runs per task (huge values force it, interleaved tasks included).
     monkeypatch.setattr(mtl_lora, "GATHER_MIN_TOKENS_PER_RANK", 10**9 if grouped else 0)
+    monkeypatch.setattr(mtl_lora, "GROUPED_MAX_RUNS_PER_TASK", 10**9)
     model = copy.deepcopy(model)
     x = x.clone().requires_grad_(True)
     out = model(x, task_ids=ids)
@@ -93,17 +95,15 @@ def test_grouped_path_in_bf16_matches_gathered_path_with_fp32_adapters(monkeypat
         torch.testing.assert_close(grads_g[name], grads_b[name], rtol=2e-2, atol=2e-2, msg=name)
 
 
-def test_the_rule_picks_the_path_from_tokens_per_sample_against_the_rank(monkeypatch):
+def test_the_rule_picks_grouped_for_short_samples_ordered_by_task(monkeypatch):
     model = _model()  # r = 8: the gathered path from 8·8 = 64 tokens per sample
     picked = []
-    monkeypatch.setattr(
-        mtl_lora._GroupedUpProjection, "apply", lambda *args: picked.append("grouped") or args[0].clone()
-    )
-    ids = torch.tensor([0, 1])
+    monkeypatch.setattr(mtl_lora._GroupedUpProjection, "apply", lambda *args: picked.append(args[2]) or args[0])
     with torch.no_grad():
-        model(torch.randn(2, 63, 12, dtype=torch.float64), task_ids=ids)
-        model(torch.randn(2, 64, 12, dtype=torch.float64), task_ids=ids)
-    assert picked == ["grouped"]
+        for tokens, ids in [(63, [0, 0, 1, 3]), (64, [0, 0, 1, 3]), (63, [0, 1, 0, 1, 0])]:
+            model(torch.randn(len(ids), tokens, 12, dtype=torch.float64), task_ids=torch.tensor(ids))
+    # Only the first call: the second has 64 tokens per sample, the third 5 runs for T = 4 tasks (interleaved).
+    assert picked == [[(0, 0, 126), (1, 126, 189), (3, 189, 252)]]  # the runs' rows: 63 per sample
 
 
 def test_task_runs_are_read_once_per_ids_tensor():

@@ -7,19 +7,19 @@ are shared and mixed per task by the softmax of the task's logits w_t (computed 
 
 Each task's low-rank path after A folds into one up-projection U_t [r, out], and the layer adds z U_t to the base
 output of every sample of task t (z = dropout(x) Aᵀ). Two ways to do that, chosen per call by the tokens per
-sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`):
+sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`) and by how the batch's tasks are ordered:
 
 - gathered (S ≥ 8·r, e.g. 128-token GLUE or instruction batches at r=8): U_t is gathered per sample
   ([batch, r, out]) and one batched GEMM adds z U_t out of place. The gathered tensor has r rows per sample where
   the output has S, so it is small next to the output, and the path needs no task ids on the host.
-- grouped (S < 8·r: VL-BART's ~56 tokens at r=64, decoding one token at a time): the gathered tensor would be as
-  large as the output or larger (and saved for backward). Instead the batch is cut into runs of consecutive samples
-  of one task, and each run adds z U_t with one GEMM into its rows of the output, in place, as LoRA does: no
-  per-sample copy of U, nothing out-of-place, and only z kept for backward (U is formed again there, a few flops
-  per parameter). A single-task batch is one run, LoRA's cost; a batch ordered by task has at most T runs. The
-  runs are read from the task ids once per forward (one host sync) and shared by every layer. An interleaved batch
-  has up to `batch` runs, one small GEMM each: cheap on CPU, but on a GPU each is a kernel launch, so order the
-  rows of a batch by task there (the loss does not depend on the order).
+- grouped (S < 8·r, e.g. VL-BART's ~56 tokens at r=64, or decoding one token at a time, and the batch ordered by
+  task): the gathered tensor would be as large as the output or larger (and saved for backward). Instead each run
+  of consecutive samples of one task adds z U_t with one GEMM into its rows of the output, in place, as LoRA does:
+  no per-sample copy of U, nothing out-of-place, and only z kept for backward (U is formed again there, a few flops
+  per parameter). A single-task batch (the official VL-BART loader's) is one run, LoRA's cost; a batch ordered by
+  task has at most T runs. The runs are read from the task ids once per forward (one host sync) and shared by
+  every layer. A batch with more runs than T (tasks interleaved) takes the gathered path
+  (`GROUPED_MAX_RUNS_PER_TASK`): order the rows of each batch by task (the loss does not depend on the order).
 """
 
 from __future__ import annotations
@@ -36,9 +36,13 @@ from .base import AdapterLinear, register_method
 
 LAMBDA_TYPES = ("full", "diagonal")
 # The gathered path runs while the tokens per sample are at least this many times the rank: its [batch, r, out]
-# per-sample up-projections then stay under 1/8 of the output. Below, the grouped path (runs of one task) is
-# faster and smaller (see the module docstring and `make bench`'s VL suites).
+# per-sample up-projections then stay under 1/8 of the output. Below, batches ordered by task take the grouped
+# path (runs of one task), faster and smaller (see the module docstring and `make bench`'s VL suites).
 GATHER_MIN_TOKENS_PER_RANK = 8
+# The grouped path takes batches of at most this many runs per task on average (1: rows ordered by task, or one
+# task). More runs mean more, smaller GEMMs: a kernel launch each on GPUs, and on CPUs a parallel region each that
+# stalls when the cores are shared (512 runs: 14× LoRA's time at 2 threads next to a training run; 1.0× at 1 thread).
+GROUPED_MAX_RUNS_PER_TASK = 1
 
 # Runs of one task per task-id tensor. The router hands every layer of a forward the same ids tensor, so the runs
 # are read from it (a host sync on accelerators) once per forward, not once per layer. Stored with the tensor's
@@ -200,15 +204,16 @@ class MTLLoRALinear(AdapterLinear):
         z = self.lowrank_input(x2d, self.lora_A).to(out.dtype)
         batch = ids.shape[0]
         per_sample = out.shape[0] // batch
-        if per_sample >= GATHER_MIN_TOKENS_PER_RANK * self.r:
+        runs = task_runs(ids) if per_sample < GATHER_MIN_TOKENS_PER_RANK * self.r else None
+        if runs is not None and len(runs) <= GROUPED_MAX_RUNS_PER_TASK * self.options.num_tasks:
+            rows = [(task, start * per_sample, end * per_sample) for task, start, end in runs]
+            factors = (self.lora_lambda, self.lora_B, self.lora_B_weight)
+            out = _GroupedUpProjection.apply(out, z, rows, self.fold_up_projections, *factors)
+        else:
             up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
             # Out of place: baddbmm_ on a [batch, tokens, out] view of the output would make autograd copy the
             # whole output gradient (CopySlices) in backward; this way the base output is freed after the sum.
             out = torch.baddbmm(out.view(batch, -1, self.out_features), z.view(batch, -1, self.r), up[ids])
-        else:
-            runs = [(task, start * per_sample, end * per_sample) for task, start, end in task_runs(ids)]
-            factors = (self.lora_lambda, self.lora_B, self.lora_B_weight)
-            out = _GroupedUpProjection.apply(out, z, runs, self.fold_up_projections, *factors)
         return self.finish(out, x)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:

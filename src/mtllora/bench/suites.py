@@ -322,8 +322,8 @@ def training_rows(w: Workload, adapterhub_reason: str | None) -> list[Row]:
 
 def vl_training_rows(w: Workload) -> list[Row]:
     """Returns the training rows of a VL suite, all at its hyper-parameters: floor, LoRA and MTL-LoRA (full and
-    diagonal Λ, on the workload's task-ordered batch, and full Λ with the tasks interleaved: the worst layout, one
-    run per sample), and for context PEFT LoRA and the official MTL-LoRA formulation."""
+    diagonal Λ, on the workload's task-ordered batch, and full Λ with the tasks interleaved, which takes MTL-LoRA's
+    gathered path), and for context PEFT LoRA and the official MTL-LoRA formulation."""
     h = w.hyper
     mtl = {"method": "mtl_lora", "num_tasks": h.num_tasks, "num_up": h.num_up, "temperature": h.temperature}
     interleaved = mixed_task_ids(len(w.task_ids), w.task_ids.device, h.num_tasks)
@@ -334,7 +334,7 @@ def vl_training_rows(w: Workload) -> list[Row]:
             ("lora", f"LoRA r={h.r}", {"method": "lora"}, None),
             ("mtl_lora", "MTL-LoRA full Λ", mtl, None),
             ("mtl_lora_diag", "MTL-LoRA diagonal Λ", {**mtl, "lambda_type": "diagonal"}, None),
-            ("mtl_lora_interleaved", "MTL-LoRA full Λ, tasks interleaved", mtl, interleaved),
+            ("mtl_lora_interleaved", "MTL-LoRA full Λ, tasks interleaved (gathered path)", mtl, interleaved),
         ]
     ):
         model = apply_adapters(w.make_base(), our_config(options, w.targets, h))
