@@ -11,8 +11,8 @@ DATA=data/synthetic_image_text
 start=$(date +%s)
 if [ ! -f "$DATA/tiny-vl-bart/config.json" ]; then
   rm -rf "$DATA"
-  "$PY" scripts/make-synthetic-image-text.py --out "$DATA" --seed 0 --train-per-task "${TRAIN_PER_TASK:-1000}" \
-    --eval-per-task "${EVAL_PER_TASK:-200}"
+  "$PY" scripts/make-synthetic-image-text.py --out "$DATA" --seed 0 --train-per-task "${TRAIN_PER_TASK:-500}" \
+    --eval-per-task "${EVAL_PER_TASK:-100}"
   "$PY" scripts/extract-image-features.py --backbone pixels --dim 128 --boxes 36 --output "$DATA/features.h5" \
     --images "$DATA/COCO/images" "$DATA/VG/images" "$DATA/GQA/images" "$DATA/nlvr/images"
   "$PY" scripts/make-tiny-vl-bart.py --data "$DATA" --feat-dim 128 --out "$DATA/tiny-vl-bart"
