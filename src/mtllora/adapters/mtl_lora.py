@@ -67,58 +67,92 @@ def task_runs(ids: torch.Tensor) -> list[tuple[int, int, int]]:
     return result
 
 
-class _GroupedUpProjection(torch.autograd.Function):
-    """out[rows] += z[rows] @ U[t] for each run (t, rows) of one task, in place on the fresh base output, with
-    U = fold(*factors) [T, r, out] formed from the adapter's parameters.
-
-    A custom Function because autograd would clone the whole output gradient for every in-place update of an
-    output slice (CopySlices); here backward passes the output gradient through untouched and computes z's and U's
-    gradients run by run into preallocated tensors (the same GEMMs as LoRA's backward). U is formed again in
-    backward (T·r·(n+r)·out flops) rather than kept: between forward and backward the layer holds only z, as LoRA's
-    does, not U and its intermediates (~3·T·r·out values per layer, as much as the layer output at small batches)."""
-
-    @staticmethod
-    def forward(ctx, out, z, runs, fold, *factors):
-        up = fold(*factors).to(out.dtype)
-        for task, start, end in runs:
-            out[start:end].addmm_(z[start:end], up[task])
-        ctx.mark_dirty(out)
-        ctx.save_for_backward(z, *factors)
-        ctx.runs, ctx.fold = runs, fold
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        z, *factors = ctx.saved_tensors
-        needs_z, needs_factors = ctx.needs_input_grad[1], ctx.needs_input_grad[4:]
-        wanted = [i for i, needs in enumerate(needs_factors) if needs]
-        grad_z, grad_factors = None, [None] * len(factors)
-        if not (needs_z or wanted):
-            return grad, grad_z, None, None, *grad_factors
-        with torch.enable_grad():
-            leaves = [f.detach().requires_grad_(needs) for f, needs in zip(factors, needs_factors, strict=True)]
-            up = ctx.fold(*leaves).to(grad.dtype)
-        if needs_z:
-            grad_z = torch.empty_like(z)
-            for task, start, end in ctx.runs:
-                torch.mm(grad[start:end], up[task].detach().t(), out=grad_z[start:end])
-        if wanted:
-            grad_up = torch.zeros_like(up)
-            for task, start, end in ctx.runs:
-                grad_up[task].addmm_(z[start:end].t(), grad[start:end])
-            grads = torch.autograd.grad(up, [leaves[i] for i in wanted], grad_up)
-            for i, g in zip(wanted, grads, strict=True):
-                grad_factors[i] = g
-        return grad, grad_z, None, None, *grad_factors
-
-
 def _mixing_weights(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
     return torch.softmax(logits / temperature, dim=-1, dtype=torch.float32).to(dtype)
 
 
 def _full_lambdas(lam: torch.Tensor) -> torch.Tensor:
     return lam if lam.dim() == 3 else torch.diag_embed(lam)
+
+
+def fold_up_projections(
+    lam: torch.Tensor, lora_B: torch.Tensor, logits: torch.Tensor, scaling: float, temperature: float
+) -> torch.Tensor:
+    """Returns U [T, r, out] with U_t = s · Λ_tᵀ (Σ_i p_ti B_i)ᵀ, p = softmax(w / τ), from (lora_lambda, lora_B,
+    lora_B_weight): each task's low-rank path after A folded into one rank-r up-projection (row-major, the layout
+    in which the gradient of it is a fast zᵀ @ grad)."""
+    mixed_up_t = torch.einsum("tn,nor->tro", _mixing_weights(logits, temperature, lora_B.dtype) * scaling, lora_B)
+    return torch.bmm(_full_lambdas(lam).transpose(1, 2), mixed_up_t)
+
+
+def _fold_up_projections_backward(
+    grad_up: torch.Tensor,
+    lam: torch.Tensor,
+    lora_B: torch.Tensor,
+    logits: torch.Tensor,
+    scaling: float,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns the gradients of (lora_lambda, lora_B, lora_B_weight) for the gradient `grad_up` of
+    `fold_up_projections`' U: its chain rule written out (U_t = Λ_tᵀ M_t with M_t = s Σ_i p_ti B_iᵀ)."""
+    p = _mixing_weights(logits, temperature, lora_B.dtype)
+    mixed_up_t = torch.einsum("tn,nor->tro", p * scaling, lora_B)
+    grad_up = grad_up.to(mixed_up_t.dtype)
+    grad_lam = torch.bmm(mixed_up_t, grad_up.transpose(1, 2))  # ∂/∂Λ_t of tr(G_tᵀ Λ_tᵀ M_t) = M_t G_tᵀ
+    if lam.dim() == 2:
+        grad_lam = grad_lam.diagonal(dim1=1, dim2=2)
+    grad_mixed = torch.bmm(_full_lambdas(lam), grad_up)
+    grad_B = torch.einsum("tn,tro->nor", p * scaling, grad_mixed)
+    # The softmax runs in fp32 (`_mixing_weights`), and so does its backward, as autograd would run it.
+    grad_p = (torch.einsum("tro,nor->tn", grad_mixed, lora_B) * scaling).float()
+    p32 = torch.softmax(logits / temperature, dim=-1, dtype=torch.float32)
+    grad_logits = p32 * (grad_p - (grad_p * p32).sum(dim=-1, keepdim=True))
+    return grad_lam, grad_B, grad_logits.to(logits.dtype) / temperature
+
+
+class _GroupedUpProjection(torch.autograd.Function):
+    """out[rows] += z[rows] @ U[t] for each run (t, rows) of one task, in place on the fresh base output, with
+    U = `fold_up_projections` of the adapter's parameters.
+
+    A custom Function because autograd would clone the whole output gradient for every in-place update of an
+    output slice (CopySlices); here backward passes the output gradient through untouched and computes z's and U's
+    gradients run by run into preallocated tensors (the same GEMMs as LoRA's backward). U is formed again in
+    backward (T·r·(n+r)·out flops) rather than kept: between forward and backward the layer holds only z, as LoRA's
+    does, not U and its intermediates (~3·T·r·out values per layer, as much as the layer output at small batches).
+    The parameters' gradients follow from U's by `_fold_up_projections_backward` (no nested autograd call: this
+    runs once per layer and step, and small layers would feel its overhead)."""
+
+    @staticmethod
+    def forward(ctx, out, z, runs, scaling, temperature, lam, lora_B, logits):
+        ups = fold_up_projections(lam, lora_B, logits, scaling, temperature).to(out.dtype).unbind(0)
+        sizes = [end - start for _, start, end in runs]
+        for (task, _, _), out_rows, z_rows in zip(runs, out.split(sizes), z.split(sizes), strict=True):
+            out_rows.addmm_(z_rows, ups[task])
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(z, lam, lora_B, logits)
+        ctx.runs, ctx.sizes, ctx.scaling, ctx.temperature = runs, sizes, scaling, temperature
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        z, lam, lora_B, logits = ctx.saved_tensors
+        needs_z, needs_params = ctx.needs_input_grad[1], any(ctx.needs_input_grad[5:])
+        grad_z = grad_params = None
+        if needs_z or needs_params:
+            up = fold_up_projections(lam, lora_B, logits, ctx.scaling, ctx.temperature).to(grad.dtype)
+            grad_rows = grad.split(ctx.sizes)
+        if needs_z:
+            grad_z = torch.empty_like(z)
+            ups = up.unbind(0)
+            for (task, _, _), g, out_rows in zip(ctx.runs, grad_rows, grad_z.split(ctx.sizes), strict=True):
+                torch.mm(g, ups[task].t(), out=out_rows)
+        if needs_params:
+            grad_up = torch.zeros_like(up)
+            for (task, _, _), g, z_rows in zip(ctx.runs, grad_rows, z.split(ctx.sizes), strict=True):
+                grad_up[task].addmm_(z_rows.t(), g)
+            grad_params = _fold_up_projections_backward(grad_up, lam, lora_B, logits, ctx.scaling, ctx.temperature)
+        return grad, grad_z, None, None, None, *(grad_params or (None, None, None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,17 +220,10 @@ class MTLLoRALinear(AdapterLinear):
         return _full_lambdas(self.lora_lambda)
 
     def task_up_projections(self) -> torch.Tensor:
-        """Returns U [T, r, out] with U_t = s · Λ_tᵀ (Σ_i p_ti B_i)ᵀ, so that a sample of task t adds z U_t for its
-        rank-space activations z (row vectors): each task's whole low-rank path after A folded into one rank-r
-        up-projection, stored row-major (the layout in which autograd's gradient of it is a fast zᵀ @ grad)."""
-        return self.fold_up_projections(self.lora_lambda, self.lora_B, self.lora_B_weight)
-
-    def fold_up_projections(self, lam: torch.Tensor, lora_B: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Returns U (`task_up_projections`) from these values of (lora_lambda, lora_B, lora_B_weight); the grouped
-        path calls it again in backward."""
-        p = _mixing_weights(logits, self.options.temperature, lora_B.dtype)
-        mixed_up_t = torch.einsum("tn,nor->tro", p * self.scaling, lora_B)
-        return torch.bmm(_full_lambdas(lam).transpose(1, 2), mixed_up_t)
+        """Returns U [T, r, out] (`fold_up_projections`), so that a sample of task t adds z U_t for its rank-space
+        activations z (row vectors)."""
+        params = (self.lora_lambda, self.lora_B, self.lora_B_weight)
+        return fold_up_projections(*params, self.scaling, self.options.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ids = self.task_ids(x)
@@ -207,8 +234,8 @@ class MTLLoRALinear(AdapterLinear):
         runs = task_runs(ids) if per_sample < GATHER_MIN_TOKENS_PER_RANK * self.r else None
         if runs is not None and len(runs) <= GROUPED_MAX_RUNS_PER_TASK * self.options.num_tasks:
             rows = [(task, start * per_sample, end * per_sample) for task, start, end in runs]
-            factors = (self.lora_lambda, self.lora_B, self.lora_B_weight)
-            out = _GroupedUpProjection.apply(out, z, rows, self.fold_up_projections, *factors)
+            params = (self.lora_lambda, self.lora_B, self.lora_B_weight)
+            out = _GroupedUpProjection.apply(out, z, rows, self.scaling, self.options.temperature, *params)
         else:
             up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
             # Out of place: baddbmm_ on a [batch, tokens, out] view of the output would make autograd copy the
