@@ -277,3 +277,15 @@ def test_training_continues_from_an_exported_or_saved_adapter(source, toy_llama_
     if source == "peft":
         with pytest.raises(ValueError, match=r"is lora r=8 alpha=16, this run trains lora r=4 alpha=16"):
             run(compose_cfg([*args, "method.adapter.r=4"], tmp_path / "other"))
+
+
+def test_a_run_with_a_path_its_config_left_out_asks_for_it(tmp_path):
+    (tmp_path / ADAPTER_FILE).write_bytes(b"")
+    config = {"model": {"name_or_path": "<external>/tiny-encoder"}, "benchmark": {"_target_": "unused"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError,
+        match=r"\(model.name_or_path=<external>/tiny-encoder\); give them on the command "
+        r"line, e\.g\. model\.name_or_path=/path/to/tiny-encoder",
+    ):
+        load_run(tmp_path)

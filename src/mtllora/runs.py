@@ -106,7 +106,8 @@ def _check_no_external_paths(cfg, source: Path) -> None:
     ]
     if keys:
         shown = ", ".join(f"{key}={OmegaConf.select(cfg, key)}" for key in keys)
+        example = OmegaConf.select(cfg, keys[0]).removeprefix(EXTERNAL_PREFIX)
         raise ValueError(
             f"{source} was trained with paths outside the repository that its config does not record ({shown}); "
-            f"give them on the command line, e.g. {keys[0]}=/path/to/{OmegaConf.select(cfg, keys[0])[11:]}"
+            f"give them on the command line, e.g. {keys[0]}=/path/to/{example}"
         )
