@@ -237,13 +237,17 @@ class ImageTextBenchmark(Benchmark):
 
 class _ImageTextCollator:
     """Pads text (right), labels (-100) and visual tokens (zeros, with `vis_attention_mask` when the examples of a
-    batch have different numbers of visual tokens), reading each example's features from HDF5."""
+    batch have different numbers of visual tokens), reading each example's features from HDF5; rows come out
+    ordered by task."""
 
     def __init__(self, benchmark: ImageTextBenchmark, tokenizer: PreTrainedTokenizerBase) -> None:
         self.benchmark = benchmark
         self.pad_id = tokenizer.pad_token_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        # Rows ordered by task (the loss does not depend on row order): MTL-LoRA then adds each task's up-projection
+        # with one GEMM per task instead of gathering one per row.
+        examples = sorted(examples, key=lambda e: e["task_ids"])
         visual = [self.benchmark.visual_inputs(self.benchmark.tasks[e["task_ids"]], e["image_ids"]) for e in examples]
         counts = [len(v["vis_feats"]) for v in visual]
         batch = {
