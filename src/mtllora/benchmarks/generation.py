@@ -117,9 +117,21 @@ def generate(
     return _gather_outputs(outputs, len(prompts))
 
 
-def _pad_visual(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
-    """Returns the [V_i, ...] tensors zero-padded along the token axis to `length` and stacked: [n, length, ...]."""
-    return torch.stack([nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - t.shape[0])) for t in tensors])
+def pad_visual_tokens(examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Returns a batch of per-example visual inputs ({vis_feats [V_i, D], vis_pos [V_i, 4], img_order_ids [V_i]?}):
+    each key zero-padded along the token axis to the longest V_i and stacked, plus `vis_attention_mask` [n, V] when
+    the V_i differ (NLVR2's two images next to one). Training batches and generation batches are built alike."""
+    counts = [len(example["vis_feats"]) for example in examples]
+    longest = max(counts)
+    batch = {
+        key: torch.stack(
+            [nn.functional.pad(e[key], (0, 0) * (e[key].dim() - 1) + (0, longest - len(e[key]))) for e in examples]
+        )
+        for key in examples[0]
+    }
+    if min(counts) < longest:
+        batch["vis_attention_mask"] = (torch.arange(longest) < torch.tensor(counts)[:, None]).long()
+    return batch
 
 
 @torch.no_grad()
@@ -170,15 +182,13 @@ def generate_image_text(
             if task_ids is not None:
                 batch = sorted(batch, key=lambda i: int(task_ids[i]))  # stable: runs of one task (MTL-LoRA)
             encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)
-            counts = [vis_feats[i].shape[0] for i in batch]
-            visual = {
-                "vis_feats": _pad_visual([vis_feats[i] for i in batch], max(counts)),
-                "vis_pos": _pad_visual([vis_pos[i] for i in batch], max(counts)),
-            }
-            if img_order_ids is not None:
-                visual["img_order_ids"] = _pad_visual([img_order_ids[i] for i in batch], max(counts))
-            if min(counts) < max(counts):
-                visual["vis_attention_mask"] = (torch.arange(max(counts)) < torch.tensor(counts)[:, None]).long()
+            visual = pad_visual_tokens(
+                [
+                    {"vis_feats": vis_feats[i], "vis_pos": vis_pos[i]}
+                    | ({} if img_order_ids is None else {"img_order_ids": img_order_ids[i]})
+                    for i in batch
+                ]
+            )
             ids = None if task_ids is None else [int(task_ids[i]) for i in batch]
             with _task_context(model, ids):
                 generated = model.generate(

@@ -27,7 +27,7 @@ from ..metrics import caption_metrics, exact_match_accuracy, vqa_accuracy, vqa_s
 from ..models import ModelConfig, load_pretrained
 from ..vl_bart import VLBartForConditionalGeneration
 from .base import Benchmark, mix_tasks
-from .generation import generate_image_text, write_jsonl
+from .generation import generate_image_text, pad_visual_tokens, write_jsonl
 from .image_text_data import (
     OFFICIAL_SPLITS,
     TASKS,
@@ -249,17 +249,13 @@ class _ImageTextCollator:
         # with one GEMM per task instead of gathering one per row.
         examples = sorted(examples, key=lambda e: e["task_ids"])
         visual = [self.benchmark.visual_inputs(self.benchmark.tasks[e["task_ids"]], e["image_ids"]) for e in examples]
-        counts = [len(v["vis_feats"]) for v in visual]
         batch = {
             "input_ids": _pad([e["input_ids"] for e in examples], self.pad_id),
             "labels": _pad([e["labels"] for e in examples], -100),
             "task_ids": torch.tensor([e["task_ids"] for e in examples]),
+            **pad_visual_tokens(visual),
         }
         batch["attention_mask"] = (batch["input_ids"] != self.pad_id).long()
-        for key in ("vis_feats", "vis_pos", "img_order_ids"):
-            batch[key] = nn.utils.rnn.pad_sequence([v[key] for v in visual], batch_first=True)
-        if min(counts) < max(counts):
-            batch["vis_attention_mask"] = (torch.arange(max(counts)) < torch.tensor(counts)[:, None]).long()
         return batch
 
 
