@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Image-text, CPU profile (experiment=image_text_cpu) on a SYNTHETIC set: writes the set, its pixel features and a
-# tiny random VL-BART under data/synthetic_image_text (once; delete the folder to rebuild), then trains and evaluates
+# tiny random VL-BART under data/synthetic_image_text (rebuilt when its settings change), then trains and evaluates
 # LoRA, DoRA, MultiLoRA, MoELoRA and MTL-LoRA (seed 1; runs whose metrics.json exists are skipped), then the tables.
 # Chance and majority levels of the synthetic test splits: data/synthetic_image_text/baselines.json.
 # Extra arguments are Hydra overrides applied to every run.
@@ -9,13 +9,19 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=data/synthetic_image_text
 start=$(date +%s)
-if [ ! -f "$DATA/tiny-vl-bart/config.json" ]; then
+# The set, its features and the model are rebuilt whenever these settings (or the scripts' version) change.
+settings="seed 0, train ${TRAIN_PER_TASK:-2000}, eval ${EVAL_PER_TASK:-500}, pixels 9 x 128, d_model 128, $(
+  git log -1 --format=%h -- scripts/make-synthetic-image-text.py scripts/extract-image-features.py \
+    scripts/make-tiny-vl-bart.py 2>/dev/null || true)"
+if [ "$(cat "$DATA/settings" 2>/dev/null)" != "$settings" ]; then
   rm -rf "$DATA"
-  "$PY" scripts/make-synthetic-image-text.py --out "$DATA" --seed 0 --train-per-task "${TRAIN_PER_TASK:-500}" \
-    --eval-per-task "${EVAL_PER_TASK:-100}"
-  "$PY" scripts/extract-image-features.py --backbone pixels --dim 128 --boxes 36 --output "$DATA/features.h5" \
+  "$PY" scripts/make-synthetic-image-text.py --out "$DATA" --seed 0 --train-per-task "${TRAIN_PER_TASK:-2000}" \
+    --eval-per-task "${EVAL_PER_TASK:-500}"
+  # 9 grid cells: the scenes' 3x3 layout, one object per cell.
+  "$PY" scripts/extract-image-features.py --backbone pixels --dim 128 --boxes 9 --output "$DATA/features.h5" \
     --images "$DATA/COCO/images" "$DATA/VG/images" "$DATA/GQA/images" "$DATA/nlvr/images"
-  "$PY" scripts/make-tiny-vl-bart.py --data "$DATA" --feat-dim 128 --out "$DATA/tiny-vl-bart"
+  "$PY" scripts/make-tiny-vl-bart.py --data "$DATA" --feat-dim 128 --d-model 128 --out "$DATA/tiny-vl-bart"
+  echo "$settings" > "$DATA/settings"
 fi
 for method in lora dora multilora moelora mtl_lora; do
   name="image_text-$method-vl-bart-tiny-s1"

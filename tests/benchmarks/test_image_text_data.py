@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import os
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -456,6 +457,24 @@ def test_pixel_features_are_deterministic(synthetic):
             np.testing.assert_array_equal(a[image_id]["features"][()], b[image_id]["features"][()])
         distinct = {a[image_id]["features"][()].tobytes() for image_id in list(a)[:20]}
         assert len(distinct) == 20  # different scenes, different features
+
+
+def test_pixel_features_tell_the_shapes_apart_by_ink_fill():
+    """The last raw descriptor (the share of the ink's bounding box that the ink fills) separates the three shapes
+    whatever their colour and size: about 1 for squares, pi/4 for circles, 1/2 for triangles, 0 for empty cells."""
+    generator, extractor = load_script("make-synthetic-image-text"), load_script("extract-image-features")
+    rng = random.Random(0)
+    fills = {shape: [] for shape in generator.SHAPES}
+    for _ in range(20):
+        scene = generator.random_scene(rng)
+        rgb = np.asarray(generator.render(scene, 96, rng), dtype=np.float32) / 255
+        fill = extractor.pixel_cell_features(rgb, 3)[:, -1]
+        for obj in scene:
+            fills[obj.shape].append(fill[obj.row * 3 + obj.col])
+        assert not fill[[i for i in range(9) if i not in {o.row * 3 + o.col for o in scene}]].any()
+    np.testing.assert_allclose(fills["square"], 1.0)
+    np.testing.assert_allclose(fills["circle"], np.pi / 4, atol=0.03)
+    np.testing.assert_allclose(fills["triangle"], 0.5, atol=0.04)
 
 
 def test_clip_backbone_without_clip_stops_with_a_clear_message(tmp_path, monkeypatch):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from mtllora.adapters import apply_adapters
 from mtllora.benchmarks.image_text import ImageTextBenchmark
-from mtllora.benchmarks.image_text_data import TASKS, MissingImageFeaturesError
+from mtllora.benchmarks.image_text_data import OFFICIAL_SPLITS, TASKS, MissingImageFeaturesError, input_text, load_task
 from mtllora.models import ModelConfig
 
 from ..conftest import make_config, randomize_adapters
@@ -37,6 +37,23 @@ def synthetic(tmp_path_factory) -> Path:
     model = ["--feat-dim", "16", "--d-model", "32", "--out", str(root / "m")]
     _script("make-tiny-vl-bart.py", "--data", str(root), *model)
     return root
+
+
+def test_tiny_vl_bart_vocabulary_covers_every_input_and_target(synthetic):
+    """Every word the benchmark feeds or trains on has a token (NLVR2's "false" comes from an integer label, not from
+    the JSON text), and nothing else does (image ids, question ids)."""
+    tokenizer = AutoTokenizer.from_pretrained(synthetic / "m")
+    records = [
+        record
+        for task, splits in OFFICIAL_SPLITS.items()
+        for split in dict.fromkeys(splits.values())
+        for record in load_task(task, split, synthetic).records
+    ]
+    texts = [text for record in records for text in (input_text(record), *record.targets)]
+    assert {"true", "false"} <= set(texts)
+    assert all(tokenizer.unk_token_id not in ids for ids in tokenizer(texts)["input_ids"])
+    image_ids = {image for record in records for image in record.image_ids if not image.isdigit()}  # VG: "1", ...
+    assert image_ids and not image_ids & set(tokenizer.get_vocab())
 
 
 def test_shrunken_image_text_run_scores_every_task(synthetic, tmp_path):
