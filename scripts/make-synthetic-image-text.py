@@ -21,13 +21,15 @@ Sizes: about `--train-per-task` training examples per task (captions: 5 referenc
 questions per image, NLVR2 2 statements per image pair) and `--eval-per-task` per evaluation split. VQA answers
 come from 10 simulated annotators (right with probability 1 - noise, else a plausible wrong answer; a few
 surface variants such as "two" or "Red." exercise the official normalisation), scored into VL-T5's label dicts.
-Everything follows from the seed. `baselines.json` holds each task's majority baseline on the test split:
+Everything follows from the seed. `baselines.json` holds each task's blind baselines on the test split: the
+majority answer, the type / template prior, and the text prior (the most frequent training answer of the same
+question or statement, else the type / template prior); a model well above all of them reads the image:
 
     {"note": ...,
      "vqa": {"split", "majority_answer", "accuracy", "accuracy_official", "score_accuracy",
-             "question_type_prior_accuracy"},
-     "gqa": {"split", "majority_answer", "accuracy", "question_prior_accuracy"},
-     "nlvr": {"split", "majority_answer", "accuracy", "template_prior_accuracy"},
+             "question_type_prior_accuracy", "text_prior_accuracy"},
+     "gqa": {"split", "majority_answer", "accuracy", "question_prior_accuracy", "text_prior_accuracy"},
+     "nlvr": {"split", "majority_answer", "accuracy", "template_prior_accuracy", "text_prior_accuracy"},
      "caption": {"split", "constant_caption", "CIDEr", "BLEU-4"},
      "average": image-text average (x100) of the majority baselines}
 
@@ -505,13 +507,15 @@ def majority(values: Sequence[str]) -> str:
     return Counter(values).most_common(1)[0][0]
 
 
-def prior(train: Sequence[tuple[str, str]], test_keys: Sequence[str], fallback: str) -> list[str]:
-    """Returns, for each test key, the most frequent training answer of that key (a text-only prior)."""
+def prior(train: Sequence[tuple[str, str]], test_keys: Sequence[str], fallback: Sequence[str] | str) -> list[str]:
+    """Returns, for each test key, the most frequent training answer of that key (a text-only prior), else the
+    fallback (one answer, or one per test key)."""
     by_key = defaultdict(list)
     for key, answer in train:
         by_key[key].append(answer)
     best = {key: majority(answers) for key, answers in by_key.items()}
-    return [best.get(key, fallback) for key in test_keys]
+    fallbacks = [fallback] * len(test_keys) if isinstance(fallback, str) else fallback
+    return [best.get(key, other) for key, other in zip(test_keys, fallbacks, strict=True)]
 
 
 def baselines(coco: dict[str, Any], gqa: dict[str, list], nlvr: dict[str, list]) -> dict[str, Any]:
@@ -537,6 +541,19 @@ def baselines(coco: dict[str, Any], gqa: dict[str, list], nlvr: dict[str, list])
         [r["template"] for r in nlvr["test"]],
         nlvr_major,
     )
+    # The strongest blind baseline: the most frequent training answer of the same question or statement text,
+    # falling back to the type / template prior.
+    vqa_text = prior(
+        [(r["sent"], b) for r, b in zip(vqa_train, best, strict=True)], [r["sent"] for r in vqa_test], type_prior
+    )
+    gqa_text = prior(
+        [(r["sent"], next(iter(r["label"]))) for r in gqa_train], [r["sent"] for r in gqa["testdev"]], gqa_prior
+    )
+    nlvr_text = prior(
+        [(r["sent"], "true" if r["label"] else "false") for r in nlvr["train"]],
+        [r["sent"] for r in nlvr["test"]],
+        nlvr_prior,
+    )
     train_refs = [coco_tokenize(ref) for refs in coco["caption"]["train"] for ref in refs]
     constant = majority(train_refs)
     test_refs = coco["caption"]["test"]
@@ -550,18 +567,21 @@ def baselines(coco: dict[str, Any], gqa: dict[str, list], nlvr: dict[str, list])
             "accuracy_official": vqa_accuracy([vqa_major] * len(vqa_test), test_raw),
             "score_accuracy": vqa_score_accuracy([vqa_major] * len(vqa_test), [r["label"] for r in vqa_test]),
             "question_type_prior_accuracy": vqa_accuracy(type_prior, test_raw, evaluator="vl-t5"),
+            "text_prior_accuracy": vqa_accuracy(vqa_text, test_raw, evaluator="vl-t5"),
         },
         "gqa": {
             "split": "testdev",
             "majority_answer": gqa_major,
             "accuracy": exact_match_accuracy([gqa_major] * len(gqa_answers), gqa_answers),
             "question_prior_accuracy": exact_match_accuracy(gqa_prior, gqa_answers),
+            "text_prior_accuracy": exact_match_accuracy(gqa_text, gqa_answers),
         },
         "nlvr": {
             "split": "test",
             "majority_answer": nlvr_major,
             "accuracy": exact_match_accuracy([nlvr_major] * len(nlvr_answers), nlvr_answers),
             "template_prior_accuracy": exact_match_accuracy(nlvr_prior, nlvr_answers),
+            "text_prior_accuracy": exact_match_accuracy(nlvr_text, nlvr_answers),
         },
         "caption": {"split": "karpathy_test", "constant_caption": constant, **caption},
     }
@@ -584,8 +604,8 @@ def write_readme(out: Path, args: argparse.Namespace, counts: dict[str, dict[str
     vqa, gqa, nlvr, caption = (base[task] for task in ("vqa", "gqa", "nlvr", "caption"))
 
     def row(name: str, result: dict[str, Any], value: str, answer: str, prior_key: str | None) -> str:
-        prior = f"{100 * result[prior_key]:.1f}" if prior_key else ""
-        return f'| {name} | {100 * result[value]:.1f} ("{result[answer]}") | {prior} |'
+        priors = [f"{100 * result[key]:.1f}" if key else "" for key in (prior_key, prior_key and "text_prior_accuracy")]
+        return f'| {name} | {100 * result[value]:.1f} ("{result[answer]}") | {" | ".join(priors)} |'
 
     table = "\n".join(
         (
@@ -593,7 +613,7 @@ def write_readme(out: Path, args: argparse.Namespace, counts: dict[str, dict[str
             row("GQA accuracy", gqa, "accuracy", "majority_answer", "question_prior_accuracy"),
             row("NLVR2 accuracy", nlvr, "accuracy", "majority_answer", "template_prior_accuracy"),
             row("COCO CIDEr", caption, "CIDEr", "constant_caption", None),
-            f"| average | {base['average']:.1f} | |",
+            f"| average | {base['average']:.1f} | | |",
         )
     )
     text = f"""# SYNTHETIC image-text data (not real VQAv2 / GQA / NLVR2 / COCO)
@@ -617,8 +637,8 @@ hold this set's answers only.
 
 Baselines on the test splits (`baselines.json`); a model must do well above them:
 
-| task | majority | text-only prior |
-|---|---|---|
+| task | majority | type / template prior | text prior |
+|---|---|---|---|
 {table}
 """
     (out / "README.md").write_text(text, encoding="utf-8")

@@ -423,6 +423,8 @@ def test_generator_is_deterministic_and_says_synthetic(synthetic):
     baselines = json.loads((synthetic / "a" / "baselines.json").read_text())
     assert set(baselines) == {"note", "vqa", "gqa", "nlvr", "caption", "average"}
     assert 0 <= baselines["vqa"]["accuracy"] <= 1 and baselines["caption"]["CIDEr"] >= 0
+    for task in ("vqa", "gqa", "nlvr"):  # the blind baselines the README compares a model against
+        assert 0 <= baselines[task]["text_prior_accuracy"] <= 1
 
 
 def test_generated_set_loads_in_every_split_and_has_features_for_every_image(synthetic):
