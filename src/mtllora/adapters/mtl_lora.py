@@ -16,8 +16,10 @@ sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`) and by how the batch'
   task): the gathered tensor would be as large as the output or larger (and saved for backward). Instead each run
   of consecutive samples of one task adds z U_t with one GEMM into its rows of the output, in place, as LoRA does:
   no per-sample copy of U, nothing out-of-place, and only z kept for backward (U is formed again there, a few flops
-  per parameter). A single-task batch (the official VL-BART loader's) is one run, LoRA's cost; a batch ordered by
-  task has at most T runs. The runs are read from the task ids once per forward (one host sync) and shared by
+  per parameter). A run with fewer tokens than the layer has outputs (a decoder's few answer tokens, small
+  batches) applies Λ_t to its tokens and then M_t = s Σ_i p_ti B_iᵀ instead of forming U_t = Λ_tᵀ M_t: tokens·r²
+  flops instead of r²·out. A single-task batch (the official VL-BART loader's) is one run, LoRA's cost; a batch
+  ordered by task has at most T runs. The runs are read from the task ids once per forward (one host sync) and shared by
   every layer. A batch with more runs than T (tasks interleaved) takes the gathered path
   (`GROUPED_MAX_RUNS_PER_TASK`): order the rows of each batch by task (the loss does not depend on the order).
 """
@@ -43,6 +45,9 @@ GATHER_MIN_TOKENS_PER_RANK = 8
 # task). More runs mean more, smaller GEMMs: a kernel launch each on GPUs, and on CPUs a parallel region each that
 # stalls when the cores are shared (512 runs: 14× LoRA's time at 2 threads next to a training run; 1.0× at 1 thread).
 GROUPED_MAX_RUNS_PER_TASK = 1
+# On the grouped path a run of fewer tokens than this many times the layer's outputs applies Λ_t to its tokens
+# (tokens·r² flops) instead of folding it into U_t (r²·out flops); the two cost the same at 1.
+FACTORED_MAX_TOKENS_PER_OUTPUT = 1
 
 # Runs of one task per task-id tensor. The router hands every layer of a forward the same ids tensor, so the runs
 # are read from it (a host sync on accelerators) once per forward, not once per layer. Stored with the tensor's
@@ -81,27 +86,28 @@ def fold_up_projections(
     """Returns U [T, r, out] with U_t = s · Λ_tᵀ (Σ_i p_ti B_i)ᵀ, p = softmax(w / τ), from (lora_lambda, lora_B,
     lora_B_weight): each task's low-rank path after A folded into one rank-r up-projection (row-major, the layout
     in which the gradient of it is a fast zᵀ @ grad)."""
-    mixed_up_t = torch.einsum("tn,nor->tro", _mixing_weights(logits, temperature, lora_B.dtype) * scaling, lora_B)
-    return torch.bmm(_full_lambdas(lam).transpose(1, 2), mixed_up_t)
+    return torch.bmm(_full_lambdas(lam).transpose(1, 2), _mixed_up_projections(lora_B, logits, scaling, temperature))
 
 
-def _fold_up_projections_backward(
-    grad_up: torch.Tensor,
+def _mixed_up_projections(lora_B: torch.Tensor, logits: torch.Tensor, scaling: float, temperature: float):
+    """Returns M [T, r, out] with M_t = s Σ_i p_ti B_iᵀ: task t's up-projection before Λ_t (U_t = Λ_tᵀ M_t)."""
+    return torch.einsum("tn,nor->tro", _mixing_weights(logits, temperature, lora_B.dtype) * scaling, lora_B)
+
+
+def _mixing_backward(
+    grad_lam: torch.Tensor,
+    grad_mixed: torch.Tensor,
     lam: torch.Tensor,
     lora_B: torch.Tensor,
     logits: torch.Tensor,
     scaling: float,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns the gradients of (lora_lambda, lora_B, lora_B_weight) for the gradient `grad_up` of
-    `fold_up_projections`' U: its chain rule written out (U_t = Λ_tᵀ M_t with M_t = s Σ_i p_ti B_iᵀ)."""
-    p = _mixing_weights(logits, temperature, lora_B.dtype)
-    mixed_up_t = torch.einsum("tn,nor->tro", p * scaling, lora_B)
-    grad_up = grad_up.to(mixed_up_t.dtype)
-    grad_lam = torch.bmm(mixed_up_t, grad_up.transpose(1, 2))  # ∂/∂Λ_t of tr(G_tᵀ Λ_tᵀ M_t) = M_t G_tᵀ
+    """Returns the gradients of (lora_lambda, lora_B, lora_B_weight) from those of the full Λ [T, r, r] and of M
+    [T, r, out] (`_mixed_up_projections`, the parameters' dtype): the softmax mixing's chain rule written out."""
     if lam.dim() == 2:
         grad_lam = grad_lam.diagonal(dim1=1, dim2=2)
-    grad_mixed = torch.bmm(_full_lambdas(lam), grad_up)
+    p = _mixing_weights(logits, temperature, lora_B.dtype)
     grad_B = torch.einsum("tn,tro->nor", p * scaling, grad_mixed)
     # The softmax runs in fp32 (`_mixing_weights`), and so does its backward, as autograd would run it.
     grad_p = (torch.einsum("tro,nor->tn", grad_mixed, lora_B) * scaling).float()
@@ -111,23 +117,27 @@ def _fold_up_projections_backward(
 
 
 class _GroupedUpProjection(torch.autograd.Function):
-    """out[rows] += z[rows] @ U[t] for each run (t, rows) of one task, in place on the fresh base output, with
-    U = `fold_up_projections` of the adapter's parameters.
+    """out[rows] += z[rows] @ U_t for each run (t, rows) of one task, in place on the fresh base output, with
+    U_t = Λ_tᵀ M_t (`fold_up_projections`). A run of fewer tokens than the layer has outputs applies the factors
+    instead, (z Λ_tᵀ) M_t: tokens·r² flops rather than forming U_t's r²·out (a decoder step or a short answer at
+    r = 64 would otherwise pay far more for U than for its tokens).
 
     A custom Function because autograd would clone the whole output gradient for every in-place update of an
-    output slice (CopySlices); here backward passes the output gradient through untouched and computes z's and U's
-    gradients run by run into preallocated tensors (the same GEMMs as LoRA's backward). U is formed again in
-    backward (T·r·(n+r)·out flops) rather than kept: between forward and backward the layer holds only z, as LoRA's
-    does, not U and its intermediates (~3·T·r·out values per layer, as much as the layer output at small batches).
-    The parameters' gradients follow from U's by `_fold_up_projections_backward` (no nested autograd call: this
-    runs once per layer and step, and small layers would feel its overhead)."""
+    output slice (CopySlices); here backward passes the output gradient through untouched and computes z's, Λ's and
+    M's gradients run by run (LoRA's backward GEMMs, plus tokens·r² or r²·out ones for Λ) into preallocated
+    tensors. Nothing but z is kept between forward and backward, as for LoRA; M and U are formed again. The
+    parameters' gradients follow by `_mixing_backward` (no nested autograd call: this runs once per layer and step,
+    and small layers would feel its overhead)."""
 
     @staticmethod
     def forward(ctx, out, z, runs, scaling, temperature, lam, lora_B, logits):
-        ups = fold_up_projections(lam, lora_B, logits, scaling, temperature).to(out.dtype).unbind(0)
+        lams, mixed = _full_lambdas(lam), _mixed_up_projections(lora_B, logits, scaling, temperature)
         sizes = [end - start for _, start, end in runs]
         for (task, _, _), out_rows, z_rows in zip(runs, out.split(sizes), z.split(sizes), strict=True):
-            out_rows.addmm_(z_rows, ups[task])
+            if _factored(len(z_rows), out.shape[-1]):  # in the adapter's dtype: few tokens
+                out_rows.add_(((z_rows.to(lams.dtype) @ lams[task].t()) @ mixed[task]).to(out.dtype))
+            else:  # U_t formed in the adapter's dtype, applied in the activations' (as the gathered path)
+                out_rows.addmm_(z_rows, (lams[task].t() @ mixed[task]).to(out.dtype))
         ctx.mark_dirty(out)
         ctx.save_for_backward(z, lam, lora_B, logits)
         ctx.runs, ctx.sizes, ctx.scaling, ctx.temperature = runs, sizes, scaling, temperature
@@ -138,21 +148,41 @@ class _GroupedUpProjection(torch.autograd.Function):
     def backward(ctx, grad):
         z, lam, lora_B, logits = ctx.saved_tensors
         needs_z, needs_params = ctx.needs_input_grad[1], any(ctx.needs_input_grad[5:])
-        grad_z = grad_params = None
-        if needs_z or needs_params:
-            up = fold_up_projections(lam, lora_B, logits, ctx.scaling, ctx.temperature).to(grad.dtype)
-            grad_rows = grad.split(ctx.sizes)
-        if needs_z:
-            grad_z = torch.empty_like(z)
-            ups = up.unbind(0)
-            for (task, _, _), g, out_rows in zip(ctx.runs, grad_rows, grad_z.split(ctx.sizes), strict=True):
-                torch.mm(g, ups[task].t(), out=out_rows)
+        if not (needs_z or needs_params):
+            return grad, None, None, None, None, None, None, None
+        lams, mixed = _full_lambdas(lam), _mixed_up_projections(lora_B, logits, ctx.scaling, ctx.temperature)
+        grad_z = torch.empty_like(z) if needs_z else None
+        grad_lam = torch.zeros_like(lams) if needs_params else None
+        grad_mixed = torch.zeros_like(mixed) if needs_params else None
+        grad_z_runs = grad_z.split(ctx.sizes) if needs_z else [None] * len(ctx.runs)
+        for (task, _, _), g, z_rows, grad_z_rows in zip(
+            ctx.runs, grad.split(ctx.sizes), z.split(ctx.sizes), grad_z_runs, strict=True
+        ):
+            if _factored(len(z_rows), grad.shape[-1]):  # out += w M_t with w = z Λ_tᵀ, in the adapter's dtype
+                g, z_rows = g.to(mixed.dtype), z_rows.to(mixed.dtype)
+                grad_w = g @ mixed[task].t()
+                if needs_z:
+                    grad_z_rows.copy_(grad_w @ lams[task])
+                if needs_params:
+                    grad_mixed[task].addmm_((z_rows @ lams[task].t()).t(), g)
+                    grad_lam[task].addmm_(grad_w.t(), z_rows)
+            else:  # out += z U_t with U_t = Λ_tᵀ M_t
+                if needs_z:
+                    torch.mm(g, (lams[task].t() @ mixed[task]).to(g.dtype).t(), out=grad_z_rows)
+                if needs_params:
+                    grad_up = (z_rows.t() @ g).to(mixed.dtype)
+                    grad_mixed[task].addmm_(lams[task], grad_up)
+                    grad_lam[task].addmm_(mixed[task], grad_up.t())
+        grad_params = (None, None, None)
         if needs_params:
-            grad_up = torch.zeros_like(up)
-            for (task, _, _), g, z_rows in zip(ctx.runs, grad_rows, z.split(ctx.sizes), strict=True):
-                grad_up[task].addmm_(z_rows.t(), g)
-            grad_params = _fold_up_projections_backward(grad_up, lam, lora_B, logits, ctx.scaling, ctx.temperature)
-        return grad, grad_z, None, None, None, *(grad_params or (None, None, None))
+            grad_params = _mixing_backward(grad_lam, grad_mixed, lam, lora_B, logits, ctx.scaling, ctx.temperature)
+        return grad, grad_z, None, None, None, *grad_params
+
+
+def _factored(tokens: int, out_features: int) -> bool:
+    """Whether a run of `tokens` rows applies Λ_t and M_t one after the other (tokens·r² flops) rather than forming
+    U_t = Λ_tᵀ M_t (r²·out flops): below `FACTORED_MAX_TOKENS_PER_OUTPUT` tokens per output feature."""
+    return tokens < FACTORED_MAX_TOKENS_PER_OUTPUT * out_features
 
 
 @dataclasses.dataclass(frozen=True)
