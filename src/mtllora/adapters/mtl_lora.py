@@ -131,13 +131,20 @@ class _GroupedUpProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, z, runs, scaling, temperature, lam, lora_B, logits):
-        lams, mixed = _full_lambdas(lam), _mixed_up_projections(lora_B, logits, scaling, temperature)
+        # Per-task views unbound once: on the small runs of a small batch the count of operations is the cost.
+        lam_t_of = _full_lambdas(lam).transpose(1, 2).unbind(0)
+        mixed = _mixed_up_projections(lora_B, logits, scaling, temperature)
+        up_of = mixed.unbind(0)
         sizes = [end - start for _, start, end in runs]
         for (task, _, _), out_rows, z_rows in zip(runs, out.split(sizes), z.split(sizes), strict=True):
             if _factored(len(z_rows), out.shape[-1]):  # in the adapter's dtype: few tokens
-                out_rows.add_(((z_rows.to(lams.dtype) @ lams[task].t()) @ mixed[task]).to(out.dtype))
+                w = z_rows.to(mixed.dtype) @ lam_t_of[task]
+                if out.dtype == mixed.dtype:
+                    out_rows.addmm_(w, up_of[task])
+                else:
+                    out_rows.add_((w @ up_of[task]).to(out.dtype))
             else:  # U_t formed in the adapter's dtype, applied in the activations' (as the gathered path)
-                out_rows.addmm_(z_rows, (lams[task].t() @ mixed[task]).to(out.dtype))
+                out_rows.addmm_(z_rows, (lam_t_of[task] @ up_of[task]).to(out.dtype))
         ctx.mark_dirty(out)
         ctx.save_for_backward(z, lam, lora_B, logits)
         ctx.runs, ctx.sizes, ctx.scaling, ctx.temperature = runs, sizes, scaling, temperature
@@ -151,28 +158,33 @@ class _GroupedUpProjection(torch.autograd.Function):
         if not (needs_z or needs_params):
             return grad, None, None, None, None, None, None, None
         lams, mixed = _full_lambdas(lam), _mixed_up_projections(lora_B, logits, ctx.scaling, ctx.temperature)
+        lam_of, lam_t_of, up_of, up_t_of = lams.unbind(0), lams.transpose(1, 2).unbind(0), mixed.unbind(0), None
         grad_z = torch.empty_like(z) if needs_z else None
         grad_lam = torch.zeros_like(lams) if needs_params else None
         grad_mixed = torch.zeros_like(mixed) if needs_params else None
+        grad_lam_of = grad_lam.unbind(0) if needs_params else None  # views: accumulated in place
+        grad_up_of = grad_mixed.unbind(0) if needs_params else None
         grad_z_runs = grad_z.split(ctx.sizes) if needs_z else [None] * len(ctx.runs)
         for (task, _, _), g, z_rows, grad_z_rows in zip(
             ctx.runs, grad.split(ctx.sizes), z.split(ctx.sizes), grad_z_runs, strict=True
         ):
             if _factored(len(z_rows), grad.shape[-1]):  # out += w M_t with w = z Λ_tᵀ, in the adapter's dtype
+                if up_t_of is None:
+                    up_t_of = mixed.transpose(1, 2).unbind(0)
                 g, z_rows = g.to(mixed.dtype), z_rows.to(mixed.dtype)
-                grad_w = g @ mixed[task].t()
+                grad_w = g @ up_t_of[task]
                 if needs_z:
-                    grad_z_rows.copy_(grad_w @ lams[task])
+                    grad_z_rows.copy_(grad_w @ lam_of[task])
                 if needs_params:
-                    grad_mixed[task].addmm_((z_rows @ lams[task].t()).t(), g)
-                    grad_lam[task].addmm_(grad_w.t(), z_rows)
+                    grad_up_of[task].addmm_((z_rows @ lam_t_of[task]).t(), g)
+                    grad_lam_of[task].addmm_(grad_w.t(), z_rows)
             else:  # out += z U_t with U_t = Λ_tᵀ M_t
                 if needs_z:
-                    torch.mm(g, (lams[task].t() @ mixed[task]).to(g.dtype).t(), out=grad_z_rows)
+                    torch.mm(g, (lam_t_of[task] @ up_of[task]).to(g.dtype).t(), out=grad_z_rows)
                 if needs_params:
                     grad_up = (z_rows.t() @ g).to(mixed.dtype)
-                    grad_mixed[task].addmm_(lams[task], grad_up)
-                    grad_lam[task].addmm_(mixed[task], grad_up.t())
+                    grad_up_of[task].addmm_(lam_of[task], grad_up)
+                    grad_lam_of[task].addmm_(up_of[task], grad_up.t())
         grad_params = (None, None, None)
         if needs_params:
             grad_params = _mixing_backward(grad_lam, grad_mixed, lam, lora_B, logits, ctx.scaling, ctx.temperature)
