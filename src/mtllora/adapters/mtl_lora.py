@@ -19,8 +19,8 @@ sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`) and by how the batch'
   per parameter). A run with fewer tokens than the layer has outputs (a decoder's few answer tokens, small
   batches) applies Λ_t to its tokens and then M_t = s Σ_i p_ti B_iᵀ instead of forming U_t = Λ_tᵀ M_t: tokens·r²
   flops instead of r²·out. A single-task batch (the official VL-BART loader's) is one run, LoRA's cost; a batch
-  ordered by task has at most T runs. The runs are read from the task ids once per forward (one host sync) and shared by
-  every layer. A batch with more runs than T (tasks interleaved) takes the gathered path
+  ordered by task has at most T runs. The runs are read from the task ids once per forward (one host sync) and
+  shared by every layer. A batch with more runs than T (tasks interleaved) takes the gathered path
   (`GROUPED_MAX_RUNS_PER_TASK`): order the rows of each batch by task (the loss does not depend on the order).
 """
 
@@ -107,11 +107,10 @@ def _mixing_backward(
     [T, r, out] (`_mixed_up_projections`, the parameters' dtype): the softmax mixing's chain rule written out."""
     if lam.dim() == 2:
         grad_lam = grad_lam.diagonal(dim1=1, dim2=2)
-    p = _mixing_weights(logits, temperature, lora_B.dtype)
-    grad_B = torch.einsum("tn,tro->nor", p * scaling, grad_mixed)
     # The softmax runs in fp32 (`_mixing_weights`), and so does its backward, as autograd would run it.
-    grad_p = (torch.einsum("tro,nor->tn", grad_mixed, lora_B) * scaling).float()
     p32 = torch.softmax(logits / temperature, dim=-1, dtype=torch.float32)
+    grad_B = torch.einsum("tn,tro->nor", p32.to(lora_B.dtype) * scaling, grad_mixed)
+    grad_p = (torch.einsum("tro,nor->tn", grad_mixed, lora_B) * scaling).float()
     grad_logits = p32 * (grad_p - (grad_p * p32).sum(dim=-1, keepdim=True))
     return grad_lam, grad_B, grad_logits.to(logits.dtype) / temperature
 

@@ -583,8 +583,9 @@ def vl_workloads(scale: Scale, device: torch.device, dtype: torch.dtype) -> list
     """Returns the VL training workloads at `VL_HYPER`: one d_model×d_model layer on batch × (visual + text) tokens,
     and a VL-BART (seeded random weights, bart-base's shapes at full scale) on image-text batches, both on
     task-ordered mixed-task batches (`task_ordered_ids`). The VL-BART batch is small (8 at full scale, for CPU
-    time): MTL-LoRA's per-layer cost that does not grow with the batch (forming U, T·r²·out flops per layer and
-    step) weighs more there than at the recipe's batch of 512, which the layer suite measures."""
+    time): MTL-LoRA's per-layer cost that does not grow with the batch (the mixing weights and a few operations per
+    task run, forward and backward) weighs more there than at the recipe's batch of 512, which the layer suite
+    measures."""
     from transformers import BartConfig
 
     from mtllora.vl_bart import VLBartForConditionalGeneration
