@@ -390,6 +390,16 @@ def paired_built(paired_dir, tmp_path_factory) -> Path:
     return out
 
 
+# Seed 1 of each multi-task row (MTL-LoRA 42, 81; LoRA 41, 80; r=16 40, 80; DoRA 45, 75) − single-task (30, 90);
+# no MultiLoRA or MoELoRA row, so no difference for them.
+SINGLE_TASK_DIFFERENCES = (
+    "| MTL-LoRA − LoRA (single-task) | 1 | +12.00 | -9.00 | +1.50 |",
+    "| LoRA − LoRA (single-task) | 1 | +11.00 | -10.00 | +0.50 |",
+    "| LoRA (r=16) − LoRA (single-task) | 1 | +10.00 | -10.00 | +0.00 |",
+    "| DoRA − LoRA (single-task) | 1 | +15.00 | -15.00 | +0.00 |",
+)
+
+
 def test_paired_differences_markdown(paired_built, paired_dir):
     markdown = (paired_built / "glue.md").read_text()
     assert f"from 13 runs under `{paired_dir}`" in markdown  # metrics.json files, single-task ones each counted
@@ -411,6 +421,8 @@ def test_paired_differences_markdown(paired_built, paired_dir):
         "| MTL-LoRA − LoRA (r=16) | 3 | +3.00 ± 0.58 | +2.00 ± 1.53 | +2.50 ± 0.76 |",
         # vs r=8: CoLA 1, 5, 0; SST-2 1, 5, 0; Avg 1, 5, 0.
         "| MTL-LoRA − LoRA | 3 | +2.00 ± 1.53 | +2.00 ± 1.53 | +2.00 ± 1.53 |",
+        # Each multi-task row against the single-task reference (30, 90, Avg 60), on its seed 1 only.
+        *SINGLE_TASK_DIFFERENCES,
     ]
     assert markdown.endswith(
         "Seed-paired differences (×100, mean ± standard error, n = paired seeds):\n"
@@ -419,12 +431,18 @@ def test_paired_differences_markdown(paired_built, paired_dir):
         "|:--|--:|--:|--:|--:|\n"
         "| MTL-LoRA − LoRA (r=16) | 3 | +3.00 ± 0.58 | +2.00 ± 1.53 | +2.50 ± 0.76 |\n"
         "| MTL-LoRA − LoRA | 3 | +2.00 ± 1.53 | +2.00 ± 1.53 | +2.00 ± 1.53 |\n"
-        "\n"
+        + "".join(f"{line}\n" for line in SINGLE_TASK_DIFFERENCES)
+        + "\n"
         # 2.5 > 2 × 0.76; 2.0 < 2 × 1.53.
         "- MTL-LoRA − LoRA (r=16) on Avg: +2.50 ± 0.76 (SE, 3 paired seeds): exceeds 2 SE: MTL-LoRA scores higher "
         "at this budget.\n"
         "- MTL-LoRA − LoRA on Avg: +2.00 ± 1.53 (SE, 3 paired seeds): does not exceed 2 SE: no significant "
         "difference at this budget.\n"
+        + "".join(
+            f"- {label} − LoRA (single-task) on Avg: {avg} (1 paired seed): fewer than 2 paired seeds, so no standard "
+            "error and no statement on significance.\n"
+            for label, avg in (("MTL-LoRA", "+1.50"), ("LoRA", "+0.50"), ("LoRA (r=16)", "+0.00"), ("DoRA", "+0.00"))
+        )
     )
 
 
@@ -438,6 +456,10 @@ def test_paired_differences_csv_and_tex(paired_built):
         ("score", "MTL-LoRA", "3"),
         ("paired_diff", "MTL-LoRA − LoRA (r=16)", "3"),
         ("paired_diff", "MTL-LoRA − LoRA", "3"),
+        *(
+            ("paired_diff", f"{label} − LoRA (single-task)", "1")
+            for label in ("MTL-LoRA", "LoRA", "LoRA (r=16)", "DoRA")
+        ),
     ]
     single, r16, r8 = rows[2], rows[5], rows[6]
     assert (single["cola"], single["sst2"], single["average"], single["average_std"]) == ("30.0", "90.0", "60.0", "")

@@ -81,10 +81,16 @@ METHOD_ORDER = ("lora", "dora", "multilora", "moelora", "mtl_lora")
 AVERAGE = "average"  # key of the Avg column among the task keys
 RUNS_SOURCE = "runs"  # `Block.source` of blocks built from our own runs
 MNLI_PARTS = ("mnli_m", "mnli_mm")  # one task in the GLUE average, as in `mtllora.metrics.glue_average`
+SINGLE_TASK_LABEL = "LoRA (single-task)"
 # The seed-paired differences under each block of our runs, as (first, second) row labels: first − second, for every
 # block that has a row of each. The headline pair first: MTL-LoRA against LoRA at MTL-LoRA's parameter count (r=16);
-# then against the r=8 LoRA the paper compares with.
-DIFF_PAIRS: tuple[tuple[str, str], ...] = (("MTL-LoRA", "LoRA (r=16)"), ("MTL-LoRA", "LoRA"))
+# then against the r=8 LoRA the paper compares with; then what each multi-task variant gains or loses against
+# training the tasks apart (one LoRA per task).
+DIFF_PAIRS: tuple[tuple[str, str], ...] = (
+    ("MTL-LoRA", "LoRA (r=16)"),
+    ("MTL-LoRA", "LoRA"),
+    *((label, SINGLE_TASK_LABEL) for label in ("MTL-LoRA", "LoRA", "LoRA (r=16)", "DoRA", "MultiLoRA", "MoELoRA")),
+)
 SCORE_KIND = "score"  # csv `kind` of a variant's (or a reference's) row
 DIFF_KIND = "paired_diff"  # csv `kind` of a difference row; its `_std` columns hold the standard error
 
