@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GLUE CPU, 2-epoch profile (experiment=glue_cpu_2ep), resumable: runs every missing run of the set, skipping those
 # whose metrics.json exists, so the set can be finished across several sessions; then the tables.
-# Headline rows first (LoRA r=8, LoRA r=16 = MTL-LoRA's parameter count, MTL-LoRA; seeds 1-3), then DoRA, MultiLoRA,
-# MoELoRA (seed 1) and single-task LoRA references (one run per task, seed 1). Runs are deterministic: a run
-# restarted from scratch at the same thread count gives the same numbers. Extra arguments are Hydra overrides
-# applied to every run.
+# Every row has seeds 1-3. Headline rows first (LoRA r=8, LoRA r=16 = MTL-LoRA's parameter count, MTL-LoRA), then
+# seed 1 of DoRA, MultiLoRA, MoELoRA, the single-task LoRA reference (one run per task; all of it costs about one
+# multi-task run) with seeds 1-3, then seeds 2-3 of DoRA, MultiLoRA, MoELoRA.
+# Runs are deterministic: a run restarted from scratch at the same thread count gives the same numbers. Extra
+# arguments are Hydra overrides applied to every run.
 # JOBS=N runs N runs at a time (default 1); each claims its run with a lock that dies with its process, so several
 # drivers on one checkout never run the same run twice. With JOBS>1 each run gets OMP_NUM_THREADS=cores/JOBS unless
 # set (oversubscribed threads slow every run several-fold) and its output goes to outputs/reproduce-glue-cpu-full/.
@@ -27,17 +28,25 @@ mkdir -p "$LOCKS"
 rm -f "$LOCKS"/*.failed
 
 specs=()
-for seed in 1 2 3; do
-  for method in lora lora_r16 mtl_lora; do
+# add_multi_task_runs SEED METHOD...
+add_multi_task_runs() {
+  local seed=$1 method
+  shift
+  for method in "$@"; do
     specs+=("glue-$method-minilm-l6-s$seed|method=$method seed=$seed")
   done
-done
-for method in dora multilora moelora; do
-  specs+=("glue-$method-minilm-l6-s1|method=$method seed=1")
-done
-for task in "${TASKS[@]}"; do
-  specs+=("glue-lora_single_$task-minilm-l6-s1|method=lora seed=1 benchmark.tasks=[$task] \"method.label='LoRA (single-task)'\"")
-done
+}
+# add_single_task_runs SEED: one LoRA run per task.
+add_single_task_runs() {
+  local task
+  for task in "${TASKS[@]}"; do
+    specs+=("glue-lora_single_$task-minilm-l6-s$1|method=lora seed=$1 benchmark.tasks=[$task] \"method.label='LoRA (single-task)'\"")
+  done
+}
+for seed in 1 2 3; do add_multi_task_runs "$seed" lora lora_r16 mtl_lora; done
+add_multi_task_runs 1 dora multilora moelora
+for seed in 1 2 3; do add_single_task_runs "$seed"; done
+for seed in 2 3; do add_multi_task_runs "$seed" dora multilora moelora; done
 
 # One run; with several jobs its output goes to its own log, not interleaved with the others'.
 train_run() {
