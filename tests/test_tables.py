@@ -254,10 +254,10 @@ def test_csv_values(built):
     assert (lora["params"], lora["params_trainable"], lora["params_total"]) == ("0.12M (0.54%)", "123456", "22800000")
     dora = rows[1]
     assert (dora["label"], dora["cola"], dora["cola_std"], dora["mnli_m"]) == ("DoRA", "45.0", "", "")
-    # 4 glue_cpu variants, the default pair present there (MTL-LoRA − LoRA), the MNLI run.
+    # 4 glue_cpu variants, the default pairs present there (MTL-LoRA − LoRA, MTL-LoRA − DoRA), the MNLI run.
     assert [(row["kind"], row["profile"]) for row in rows if row["source"] == "runs"] == [
         *[("score", "glue_cpu")] * 4,
-        ("paired_diff", "glue_cpu"),
+        *[("paired_diff", "glue_cpu")] * 2,
         ("score", "glue_mnli"),
     ]
     # Per seed s, MTL-LoRA − LoRA = CoLA 10 + s, Avg 8 + s: mean 11 and 9, SE = 1 / sqrt(3).
@@ -346,10 +346,14 @@ def test_fixture_difference_section(built):
         "|:--|--:|--:|--:|--:|--:|",
         # Per seed s: CoLA (50 + 3s) − (40 + 2s), MRPC (87 + 3s) − (83 + 2s), STS-B (81 + 3s) − (71 + 2s).
         "| MTL-LoRA − LoRA | 3 | +11.00 ± 0.58 | +5.00 ± 0.58 | +11.00 ± 0.58 | +9.00 ± 0.58 |",
+        # DoRA has seed 1 only: MTL-LoRA's 53, 90, 84 (Avg 75.67) − DoRA's 45, 84, 76 (Avg 68.33).
+        "| MTL-LoRA − DoRA | 1 | +8.00 | +6.00 | +8.00 | +7.33 |",
     ]
     assert body.endswith(
         "\n- MTL-LoRA − LoRA on Avg: +9.00 ± 0.58 (SE, 3 paired seeds): exceeds 2 SE: MTL-LoRA scores higher at "
         "this budget.\n"
+        "- MTL-LoRA − DoRA on Avg: +7.33 (1 paired seed): fewer than 2 paired seeds, so no standard error and no "
+        "statement on significance.\n"
     )
     assert "Difference" not in markdown.split("\n## glue_mnli · minilm-l6\n", 1)[1]  # one variant: no pair
 
@@ -421,6 +425,8 @@ def test_paired_differences_markdown(paired_built, paired_dir):
         "| MTL-LoRA − LoRA (r=16) | 3 | +3.00 ± 0.58 | +2.00 ± 1.53 | +2.50 ± 0.76 |",
         # vs r=8: CoLA 1, 5, 0; SST-2 1, 5, 0; Avg 1, 5, 0.
         "| MTL-LoRA − LoRA | 3 | +2.00 ± 1.53 | +2.00 ± 1.53 | +2.00 ± 1.53 |",
+        # vs DoRA, seed 1 only: CoLA 42 − 45, SST-2 81 − 75, Avg 61.5 − 60.
+        "| MTL-LoRA − DoRA | 1 | -3.00 | +6.00 | +1.50 |",
         # Each multi-task row against the single-task reference (30, 90, Avg 60), on its seed 1 only.
         *SINGLE_TASK_DIFFERENCES,
     ]
@@ -431,6 +437,7 @@ def test_paired_differences_markdown(paired_built, paired_dir):
         "|:--|--:|--:|--:|--:|\n"
         "| MTL-LoRA − LoRA (r=16) | 3 | +3.00 ± 0.58 | +2.00 ± 1.53 | +2.50 ± 0.76 |\n"
         "| MTL-LoRA − LoRA | 3 | +2.00 ± 1.53 | +2.00 ± 1.53 | +2.00 ± 1.53 |\n"
+        "| MTL-LoRA − DoRA | 1 | -3.00 | +6.00 | +1.50 |\n"
         + "".join(f"{line}\n" for line in SINGLE_TASK_DIFFERENCES)
         + "\n"
         # 2.5 > 2 × 0.76; 2.0 < 2 × 1.53.
@@ -438,6 +445,8 @@ def test_paired_differences_markdown(paired_built, paired_dir):
         "at this budget.\n"
         "- MTL-LoRA − LoRA on Avg: +2.00 ± 1.53 (SE, 3 paired seeds): does not exceed 2 SE: no significant "
         "difference at this budget.\n"
+        "- MTL-LoRA − DoRA on Avg: +1.50 (1 paired seed): fewer than 2 paired seeds, so no standard error and no "
+        "statement on significance.\n"
         + "".join(
             f"- {label} − LoRA (single-task) on Avg: {avg} (1 paired seed): fewer than 2 paired seeds, so no standard "
             "error and no statement on significance.\n"
@@ -456,6 +465,7 @@ def test_paired_differences_csv_and_tex(paired_built):
         ("score", "MTL-LoRA", "3"),
         ("paired_diff", "MTL-LoRA − LoRA (r=16)", "3"),
         ("paired_diff", "MTL-LoRA − LoRA", "3"),
+        ("paired_diff", "MTL-LoRA − DoRA", "1"),
         *(
             ("paired_diff", f"{label} − LoRA (single-task)", "1")
             for label in ("MTL-LoRA", "LoRA", "LoRA (r=16)", "DoRA")

@@ -84,11 +84,10 @@ MNLI_PARTS = ("mnli_m", "mnli_mm")  # one task in the GLUE average, as in `mtllo
 SINGLE_TASK_LABEL = "LoRA (single-task)"
 # The seed-paired differences under each block of our runs, as (first, second) row labels: first − second, for every
 # block that has a row of each. The headline pair first: MTL-LoRA against LoRA at MTL-LoRA's parameter count (r=16);
-# then against the r=8 LoRA the paper compares with; then what each multi-task variant gains or loses against
-# training the tasks apart (one LoRA per task).
+# then against the r=8 LoRA the paper compares with and the other baselines; then what each multi-task variant gains
+# or loses against training the tasks apart (one LoRA per task).
 DIFF_PAIRS: tuple[tuple[str, str], ...] = (
-    ("MTL-LoRA", "LoRA (r=16)"),
-    ("MTL-LoRA", "LoRA"),
+    *(("MTL-LoRA", label) for label in ("LoRA (r=16)", "LoRA", "DoRA", "MultiLoRA", "MoELoRA")),
     *((label, SINGLE_TASK_LABEL) for label in ("MTL-LoRA", "LoRA", "LoRA (r=16)", "DoRA", "MultiLoRA", "MoELoRA")),
 )
 SCORE_KIND = "score"  # csv `kind` of a variant's (or a reference's) row
