@@ -48,16 +48,13 @@ add_multi_task_runs 1 dora multilora moelora
 for seed in 1 2 3; do add_single_task_runs "$seed"; done
 for seed in 2 3; do add_multi_task_runs "$seed" dora multilora moelora; done
 
-# One run; with several jobs its output goes to its own log, not interleaved with the others'.
-train_run() {
-  local name=$1
+# train_run NAME OVERRIDE...: one run; with several jobs its output goes to its own log, not interleaved with the
+# others'.
+train_run() (
+  if (( JOBS > 1 )); then exec > "$LOCKS/$1.log" 2>&1; fi
   shift
-  if (( JOBS > 1 )); then
-    "$PY" -m mtllora.train experiment=glue_cpu_2ep "$@" > "$LOCKS/$name.log" 2>&1
-  else
-    "$PY" -m mtllora.train experiment=glue_cpu_2ep "$@"
-  fi
-}
+  "$PY" -m mtllora.train experiment=glue_cpu_2ep "$@"
+)
 
 # One worker: walks the set in order and runs each run that is neither finished, nor failed in this invocation, nor
 # held by another worker; it stops at its first failure.
