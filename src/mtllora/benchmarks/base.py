@@ -55,6 +55,12 @@ class Benchmark(abc.ABC):
         """Regexes of base-model parameters trained with the adapters (e.g. task heads)."""
         return []
 
+    def check_inputs(self) -> None:
+        """Resolves and validates every data file this run reads, raising with the file and what was expected.
+
+        The trainer calls it before any model loads, so a missing or partial data set fails in seconds instead of
+        after a 7B model has loaded."""
+
     @abc.abstractmethod
     def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         """Returns (model whose forward takes the collated batch incl. `task_ids`, tokenizer)."""
