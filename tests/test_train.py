@@ -8,16 +8,29 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from mtllora.adapters import load_adapter, read_adapter_config
-from mtllora.train import CONFIG_DIR, last_complete_checkpoint, register_resolvers, resolve_precision, run
+from mtllora.rundir import RunDirError
+from mtllora.train import (
+    CONFIG_DIR,
+    batch_layout,
+    batch_split,
+    last_complete_checkpoint,
+    register_resolvers,
+    resolve_precision,
+    run,
+    training_arguments,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+# The repository first, then what the caller put on PYTHONPATH (tests/test_compat.py: an older transformers).
+PYTHONPATH = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+ENV = {**os.environ, "PYTHONPATH": PYTHONPATH, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
 
 def overrides(encoder: Path, glue: Path, out: Path, *extra: str) -> list[str]:
@@ -74,12 +87,17 @@ def test_cli_run_writes_metrics_and_a_loadable_adapter(tiny_encoder_dir, tiny_gl
         "spearmanr",
     }
     assert metrics["train"]["steps"] == 6 and metrics["seed"] == 3 and metrics["method"] == "mtl_lora"
+    batch = {k: metrics["train"][k] for k in ("global_batch_size", "per_device_batch_size", "world_size")}
+    assert batch == {"global_batch_size": 8, "per_device_batch_size": 8, "world_size": 1}
+    assert metrics["train"]["gradient_accumulation_steps"] == 1
     assert metrics["params"]["trainable"] < metrics["params"]["total"]
     assert metrics["config"]["method"]["adapter"]["num_tasks"] == 5
-    # The stored config names no path of this machine: the encoder and data folders live outside the repository.
+    # The stored config holds no absolute path: the encoder folder (outside the repository and the data directory)
+    # by its name only, the data directory relative to the repository.
     text = (run_dir / "metrics.json").read_text()
-    assert str(tiny_encoder_dir) not in text and str(tiny_glue_dir) not in text and '"/' not in text
+    assert str(tiny_encoder_dir) not in text and '"/' not in text
     assert metrics["config"]["model"]["name_or_path"] == "<external>/" + tiny_encoder_dir.name
+    assert metrics["config"]["paths"]["data_dir"] == os.path.relpath(tiny_glue_dir.resolve(), REPO)
     assert metrics["config"]["paths"]["output_dir"] == "${hydra:runtime.output_dir}"  # as configured
     assert json.loads((run_dir / "config.json").read_text()) == metrics["config"]
     config = read_adapter_config(run_dir / "adapter.safetensors")
@@ -131,6 +149,7 @@ def test_resume_after_a_kill_gives_the_same_adapter_weights(tiny_encoder_dir, ti
         "trainer.max_steps=8",
         "trainer.save_steps=4",
         "method.adapter.dropout=0.1",
+        "trainer.global_train_batch_size=16",  # two accumulated micro-batches of 8 per step
     )
     straight = tmp_path / "straight"
     run(compose_cfg(base, straight))
@@ -155,6 +174,14 @@ def test_resume_after_a_kill_gives_the_same_adapter_weights(tiny_encoder_dir, ti
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+    # Resuming the finished run (a whole profile rerun after a crash) returns its metrics and loads nothing.
+    from mtllora.benchmarks.glue import GlueBenchmark
+
+    with mock.patch.object(GlueBenchmark, "build_model", side_effect=AssertionError("a finished run was retrained")):
+        stored = json.loads((interrupted / "metrics.json").read_text())
+        assert run(compose_cfg([*base, "trainer.resume=true"], interrupted)) == stored
+        with pytest.raises(RunDirError, match=r"refusing to resume .*trainer\.learning_rate"):
+            run(compose_cfg([*base, "trainer.resume=true", "trainer.learning_rate=0.5"], interrupted))
 
 
 LAUNCHERS = {
@@ -249,3 +276,80 @@ def test_gradient_checkpointing_trains_the_task_headed_model_to_the_same_weights
     assert plain.keys() == checkpointed.keys()
     for name in plain:  # recomputation under the same task ids and dropout masks: the same training
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# (global batch, ranks, most per device) → (per-device batch, accumulation steps): the fewest accumulation steps.
+BATCH_SPLITS = [
+    (64, 1, 8, (8, 8)),
+    (64, 2, 8, (8, 4)),
+    (64, 8, 8, (8, 1)),
+    (16, 1, 8, (8, 2)),
+    (16, 2, 8, (8, 1)),
+    (16, 8, 8, (2, 1)),
+    (512, 1, 512, (512, 1)),
+    (512, 8, 512, (64, 1)),
+    (512, 1, 300, (256, 2)),
+    (300, 2, 512, (150, 1)),
+    (24, 2, 5, (4, 3)),  # 12 and 6 per device exceed 5; 4 × 3 steps × 2 ranks = 24
+    (7, 1, 2, (1, 7)),
+]
+
+
+@pytest.mark.parametrize(("global_batch", "ranks", "most", "expected"), BATCH_SPLITS)
+def test_global_batch_split_over_ranks(global_batch, ranks, most, expected):
+    per_device, accumulation = batch_split(global_batch, ranks, most)
+    assert (per_device, accumulation) == expected
+    assert per_device * accumulation * ranks == global_batch
+
+
+def test_a_global_batch_that_cannot_be_split_names_the_numbers():
+    with pytest.raises(
+        ValueError,
+        match=r"global_train_batch_size=300 cannot be split over 8 device\(s\) with at most "
+        r"trainer\.per_device_train_batch_size=64 per device",
+    ):
+        batch_split(300, 8, 64)  # 300 is no multiple of 8
+
+
+def test_training_arguments_take_the_split_of_the_global_batch(tiny_encoder_dir, tiny_glue_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "trainer.global_train_batch_size=24")
+    built = training_arguments(compose_cfg(args, tmp_path / "a"), tmp_path / "a", bf16=False)
+    assert (built.per_device_train_batch_size, built.gradient_accumulation_steps) == (8, 3)  # at most 8 per device
+    with pytest.raises(ValueError, match=r"gradient_accumulation_steps=2 was set together with .*=24"):
+        training_arguments(
+            compose_cfg([*args, "trainer.gradient_accumulation_steps=2"], tmp_path / "b"), tmp_path / "b", bf16=False
+        )
+    monkeypatch.setattr("mtllora.train._world_size", lambda: 2)  # a launch that the environment misreports
+    with pytest.raises(
+        ValueError, match=r"announces 2 training process\(es\) \(WORLD_SIZE\), but the Trainer runs on 1"
+    ):
+        training_arguments(compose_cfg(args, tmp_path / "c"), tmp_path / "c", bf16=False)
+
+
+# The paper profiles: their global batch (the official runs', per method for commonsense) and a checkpoint
+# interval (every 5% of a multi-hour run; GLUE every 2000 steps).
+PAPER_PROFILES = [
+    ("commonsense", "mtl_lora", 64, 8, 0.05),
+    ("commonsense", "lora", 64, 8, 0.05),
+    ("commonsense", "dora", 64, 8, 0.05),
+    ("commonsense", "moelora", 64, 8, 0.05),
+    ("commonsense", "multilora", 16, 8, 0.05),
+    ("image_text", "mtl_lora", 512, 512, 0.05),
+    ("glue", "mtl_lora", 32, 32, 2000),
+]
+
+
+@pytest.mark.parametrize(("experiment", "method", "global_batch", "most", "save_steps"), PAPER_PROFILES)
+def test_paper_profiles_state_their_global_batch_and_save_checkpoints(
+    experiment, method, global_batch, most, save_steps, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = compose_cfg([f"experiment={experiment}", f"method={method}", "deepspeed=none"], tmp_path)
+    assert (cfg.trainer.global_train_batch_size, cfg.trainer.per_device_train_batch_size) == (global_batch, most)
+    for ranks in (1, 2, 8):
+        per_device, accumulation = batch_layout(cfg.trainer, ranks)
+        assert per_device * accumulation * ranks == global_batch and per_device <= most
+    args = training_arguments(cfg, tmp_path, bf16=False)
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == global_batch
+    assert args.save_strategy == "steps" and args.save_steps == save_steps

@@ -15,8 +15,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
@@ -332,6 +330,10 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[st
             f"caption: {len(empty)} images have no reference captions (first indices: {empty[:5]}); "
             "CIDEr and BLEU need at least one per image"
         )
+    # Imported here: the caption benchmark's package only, which the trainer must not need to import.
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
     res = {i: [coco_tokenize(p)] for i, p in enumerate(predictions)}
     gts = {i: [coco_tokenize(r) for r in refs] for i, refs in enumerate(references)}
     cider, _ = Cider().compute_score(gts, res)

@@ -82,11 +82,14 @@ def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def portable_config(cfg: DictConfig) -> dict[str, Any]:
     """Returns the resolved config as plain data with no machine-specific path in it: an absolute path inside the
-    repository's parent folder becomes relative to the repository (`results/runs/...`, `../shared/data`); any other
-    absolute path (an installed package's folder included) is shown as its configured value
-    (`${pypi_model_path:...}`, `${hydra:runtime.output_dir}`) or, for a literal one, as `<external>/<last part>`."""
+    repository or inside the data directory (`paths.data_dir`) becomes relative to the repository
+    (`results/runs/...`, `../shared/data`); any other absolute path (an installed package's folder included) is
+    shown as its configured value (`${pypi_model_path:...}`, `${hydra:runtime.output_dir}`) or, for a literal one,
+    as `<external>/<last part>`. Containment is decided on real paths (symlinks resolved), component by component."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     raw = OmegaConf.to_container(cfg, resolve=False)
+    data_dir = (resolved.get("paths") or {}).get("data_dir")
+    portable_roots = [REPO_ROOT] + ([Path(os.path.realpath(data_dir))] if data_dir else [])
 
     def fix(value: Any, configured: Any) -> Any:
         if isinstance(value, dict):
@@ -95,12 +98,12 @@ def portable_config(cfg: DictConfig) -> dict[str, Any]:
             return [fix(v, None) for v in value]
         if not (isinstance(value, str) and os.path.isabs(value)):
             return value
-        path = Path(os.path.normpath(value))
-        if path.is_relative_to(REPO_ROOT.parent) and "site-packages" not in path.parts:
-            return os.path.relpath(path, REPO_ROOT)
+        real = Path(os.path.realpath(value))
+        if "site-packages" not in real.parts and any(real.is_relative_to(root) for root in portable_roots):
+            return os.path.relpath(real, REPO_ROOT)
         if isinstance(configured, str) and "${" in configured:
             return configured
-        return f"<external>/{path.name}"
+        return f"<external>/{Path(os.path.normpath(value)).name}"
 
     return fix(resolved, raw)
 

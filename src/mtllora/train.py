@@ -24,11 +24,13 @@ from typing import Any
 
 import hydra
 import torch
+from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import DeepSpeedSchedulerWrapper
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer import SCHEDULER_NAME
 
@@ -98,8 +100,37 @@ class AdapterTrainer(Trainer):
     partitions them), and DeepSpeed's own checkpoint leaves frozen parameters out (HF does that for PEFT models
     only, so a LLaMA-7B checkpoint would otherwise carry 13 GB of base weights). A checkpoint directory gets a
     COMPLETE marker after every rank has written its part; resuming picks the last complete one, so a process
-    killed mid-save never leaves a checkpoint that resume would trust.
+    killed mid-save never leaves a checkpoint that resume would trust. Training batches are the benchmark's own when
+    it has them (`Benchmark.train_batch_sampler`, e.g. one task per batch).
     """
+
+    def __init__(self, *args: Any, benchmark: Benchmark | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.benchmark = benchmark
+
+    def get_train_dataloader(self) -> DataLoader:
+        batch_sampler = None
+        if self.benchmark is not None and self.train_dataset is not None:
+            args = self.args
+            batch_sampler = self.benchmark.train_batch_sampler(
+                self.train_dataset, args.per_device_train_batch_size, args.world_size, args.process_index, args.seed
+            )
+        if batch_sampler is None:
+            return super().get_train_dataloader()
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
+        # The sampler already holds this rank's share: accelerate only moves batches to the device and forwards
+        # `set_epoch`, without splitting them again across processes (num_processes=1).
+        return prepare_data_loader(
+            loader, device=self.args.device, num_processes=1, process_index=0, put_on_device=True
+        )
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """Returns {name: full value} of every trained parameter (fp32 masters under DeepSpeed). Under DeepSpeed
@@ -222,13 +253,57 @@ def _set_single_process_env() -> None:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+def batch_split(global_batch: int, world_size: int, max_per_device: int) -> tuple[int, int]:
+    """Returns (per-device batch, accumulation steps) with global = world × per-device × accumulation exactly,
+    taking the fewest accumulation steps whose per-device batch is at most `max_per_device`: the optimisation then
+    sees the same batches whatever the number of devices. Raises naming the three numbers when no split exists."""
+    for accumulation in range(1, global_batch // world_size + 1):
+        per_device, rest = divmod(global_batch, world_size * accumulation)
+        if rest == 0 and per_device <= max_per_device:
+            return per_device, accumulation
+    raise ValueError(
+        f"trainer.global_train_batch_size={global_batch} cannot be split over {world_size} device(s) with at most "
+        f"trainer.per_device_train_batch_size={max_per_device} per device: it must equal {world_size} × a per-device "
+        f"batch of at most {max_per_device} × whole accumulation steps; choose a global batch that is a multiple of "
+        f"{world_size}, another number of devices, or a larger per-device batch"
+    )
+
+
+def _world_size() -> int:
+    """The number of training processes, as the launchers (deepspeed, torchrun, accelerate) announce it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def batch_layout(t: DictConfig, world_size: int) -> tuple[int, int]:
+    """Returns (per-device batch, accumulation steps) of the `trainer` group `t` on `world_size` devices: as given
+    when `global_train_batch_size` is null, else split from it (`per_device_train_batch_size` then caps what one
+    device takes)."""
+    if t.global_train_batch_size is None:
+        return t.per_device_train_batch_size, t.gradient_accumulation_steps
+    if t.gradient_accumulation_steps != 1:
+        raise ValueError(
+            f"trainer.gradient_accumulation_steps={t.gradient_accumulation_steps} was set together with "
+            f"trainer.global_train_batch_size={t.global_train_batch_size}, which derives the accumulation from the "
+            f"number of devices; leave gradient_accumulation_steps at 1"
+        )
+    if t.global_train_batch_size < 1 or t.per_device_train_batch_size < 1:
+        raise ValueError(
+            f"trainer.global_train_batch_size={t.global_train_batch_size} and trainer.per_device_train_batch_size="
+            f"{t.per_device_train_batch_size} must be positive"
+        )
+    return batch_split(t.global_train_batch_size, world_size, t.per_device_train_batch_size)
+
+
 def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> TrainingArguments:
-    """Returns HF TrainingArguments from the `trainer`, `deepspeed` and `logger` groups."""
+    """Returns HF TrainingArguments from the `trainer`, `deepspeed` and `logger` groups, with the per-device batch
+    and accumulation that give `trainer.global_train_batch_size` on this launch's number of devices."""
     t = cfg.trainer
     ds_config = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.config else None
     if ds_config is not None:
         _set_single_process_env()
-    return TrainingArguments(
+    world_size = _world_size()
+    per_device, accumulation = batch_layout(t, world_size)
+    args = TrainingArguments(
         output_dir=str(output_dir),
         seed=cfg.seed,
         learning_rate=t.learning_rate,
@@ -239,9 +314,9 @@ def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> Trainin
         max_grad_norm=t.max_grad_norm,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_train_batch_size=per_device,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         **{_CHECKPOINTING_ARGUMENT: t.gradient_checkpointing},
         bf16=bf16,
         logging_steps=t.logging_steps,
@@ -260,6 +335,12 @@ def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> Trainin
         run_name=cfg.run_name,
         disable_tqdm=False,
     )
+    if args.world_size != world_size:  # e.g. an MPI launch: the split above would miss the stated global batch
+        raise ValueError(
+            f"the environment announces {world_size} training process(es) (WORLD_SIZE), but the Trainer runs on "
+            f"{args.world_size}; launch with deepspeed, torchrun or accelerate launch, which set WORLD_SIZE"
+        )
+    return args
 
 
 def _init_wandb(cfg: DictConfig, config: dict[str, Any], output_dir: Path) -> None:
@@ -349,9 +430,15 @@ def load_initial_adapter(model: torch.nn.Module, path: str | Path) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Trains and evaluates one configuration; writes `metrics.json` and the adapter into the run directory and
-    returns the metrics dict (on every rank)."""
+    returns the metrics dict (on every rank). With `trainer.resume=true`, a run whose directory already holds this
+    configuration's `metrics.json` is finished: it returns those metrics without loading anything, so rerunning a
+    whole profile after a crash continues where it stopped."""
     register_resolvers()
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.trainer.resume and (output_dir / METRICS_FILE).exists():
+        claim_run_dir(output_dir, portable_config(cfg), resume=True, write=False)  # raises for another configuration
+        print(f"[mtllora] {output_dir} is complete ({METRICS_FILE}): nothing to resume")
+        return json.loads((output_dir / METRICS_FILE).read_text())
     set_seed(cfg.seed)
     benchmark: Benchmark = instantiate_node(cfg.benchmark)
     benchmark.check_inputs()
@@ -380,6 +467,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_dataset=benchmark.train_dataset(tokenizer) if trains else None,
         data_collator=benchmark.collator(tokenizer),
         callbacks=callbacks,
+        benchmark=benchmark,
     )
     resume = last_complete_checkpoint(output_dir) if cfg.trainer.resume and trains else None
     started = time.perf_counter()
@@ -412,11 +500,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "task_scores": {key: benchmark.task_score(m) for key, m in results.items()},
         "average": benchmark.average(results),
         "params": {"trainable": params.trainable, "total": params.total, "percent": params.percent},
+        **({"data": data_facts} if (data_facts := benchmark.data_facts()) else {}),
         "train": {
             "seconds": train_seconds,
             **train_metrics,
             "resumed_from": Path(resume).name if resume else None,
             "precision": precision,
+            "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "per_device_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "world_size": args.world_size,
         },
         "warnings": [str(w.message) for w in caught if issubclass(w.category, ConstantPredictionWarning)],

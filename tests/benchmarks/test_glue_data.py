@@ -458,9 +458,9 @@ def test_an_incomplete_local_copy_fails_before_training_naming_every_missing_fil
 
     write_tiny_glue(tmp_path)  # CoLA, SST-2, MRPC, STS-B, RTE
     (tmp_path / "RTE" / "dev.tsv").unlink()
-    GlueBenchmark(tasks=["cola", "sst2"], data_dir=tmp_path)  # complete for these tasks
+    GlueBenchmark(tasks=["cola", "sst2"], data_dir=tmp_path).check_inputs()  # complete for these tasks
     with pytest.raises(FileNotFoundError) as err:
-        GlueBenchmark(tasks=["cola", "qqp", "mnli", "rte"], data_dir=tmp_path)
+        GlueBenchmark(tasks=["cola", "qqp", "mnli", "rte"], data_dir=tmp_path).check_inputs()
     message = str(err.value)
     assert "lacks 3 file(s)" in message
     for missing in (f"{tmp_path}/QQP/", f"{tmp_path}/MNLI/", f"{tmp_path}/RTE/dev.tsv"):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 from torch import nn
+from torch.utils.data import Sampler
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from ..models import ModelConfig
@@ -55,11 +56,21 @@ class Benchmark(abc.ABC):
         """Regexes of base-model parameters trained with the adapters (e.g. task heads)."""
         return []
 
+    @abc.abstractmethod
     def check_inputs(self) -> None:
         """Resolves and validates every data file this run reads, raising with the file and what was expected.
 
         The trainer calls it before any model loads, so a missing or partial data set fails in seconds instead of
         after a 7B model has loaded."""
+
+    def hub_datasets(self) -> list[str]:
+        """Returns the Hugging Face hub dataset ids this run downloads (`mtllora.preflight` checks access first)."""
+        return []
+
+    def data_facts(self) -> dict[str, Any]:
+        """Returns facts about the data this run used that its results depend on (e.g. a partial train set), for
+        metrics.json's `data` (left out when empty)."""
+        return {}
 
     @abc.abstractmethod
     def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -68,6 +79,14 @@ class Benchmark(abc.ABC):
     @abc.abstractmethod
     def train_dataset(self, tokenizer: PreTrainedTokenizerBase) -> Dataset:
         """Returns the tokenised, task-mixed training set; it has a `task_ids` column."""
+
+    def train_batch_sampler(
+        self, dataset: Dataset, batch_size: int, world_size: int, rank: int, seed: int
+    ) -> Sampler[list[int]] | None:
+        """Returns this rank's batches of `dataset` indices, already split across the `world_size` ranks and
+        reshuffled by its `set_epoch(epoch)`, when the benchmark batches its own way (e.g. one task per batch, as the
+        official image-text loader); None: the Trainer's shuffled batches of `batch_size` (the per-device batch)."""
+        return None
 
     @abc.abstractmethod
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:

@@ -28,7 +28,7 @@ from ..adapters import check_task_id_range
 from ..metrics import glue_average, glue_metrics, task_score
 from ..models import ModelConfig, load_pretrained, load_tokenizer
 from .base import Benchmark, ExportLayout, mix_tasks
-from .glue_data import GLUE_TASKS, glue_input_columns, glue_task, load_glue_split, missing_glue_files
+from .glue_data import _HUB_ID, GLUE_TASKS, glue_input_columns, glue_task, load_glue_split, missing_glue_files
 
 POOLINGS = ("cls", "mean")
 HEADS = ("linear", "mlp")
@@ -72,13 +72,6 @@ class GlueBenchmark(Benchmark):
             unknown = sorted(set(mapping) - set(self.tasks))
             if unknown:
                 raise ValueError(f"{mapping_name} names task(s) {unknown} that are not in tasks {self.tasks}")
-        if data_dir is not None and (missing := missing_glue_files(self.tasks, data_dir, task_dirs)):
-            raise FileNotFoundError(
-                f"the local GLUE copy data_dir={data_dir} lacks {len(missing)} file(s) of tasks {self.tasks}: "
-                f"{', '.join(missing)}. Complete it (GLUE download script layout <TASK>/train.tsv, dev.tsv; MNLI "
-                f"dev_matched.tsv, dev_mismatched.tsv), choose tasks it has (benchmark.tasks=[...]), or load from the "
-                f"Hugging Face hub with paths.data_dir=null (unset MTLLORA_DATA_DIR)."
-            )
         self.data_dir = data_dir
         self.task_dirs = dict(task_dirs or {})
         self.max_length = max_length
@@ -95,6 +88,18 @@ class GlueBenchmark(Benchmark):
     @property
     def trainable(self) -> list[str]:
         return [r"^heads\."]
+
+    def check_inputs(self) -> None:
+        if self.data_dir is not None and (missing := missing_glue_files(self.tasks, self.data_dir, self.task_dirs)):
+            raise FileNotFoundError(
+                f"the local GLUE copy data_dir={self.data_dir} lacks {len(missing)} file(s) of tasks {self.tasks}: "
+                f"{', '.join(missing)}. Complete it (GLUE download script layout <TASK>/train.tsv, dev.tsv; MNLI "
+                f"dev_matched.tsv, dev_mismatched.tsv), choose tasks it has (benchmark.tasks=[...]), or load from the "
+                f"Hugging Face hub with paths.data_dir=null (unset MTLLORA_DATA_DIR)."
+            )
+
+    def hub_datasets(self) -> list[str]:
+        return [] if self.data_dir is not None else [_HUB_ID]
 
     def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         model = MultiTaskClassifier(
@@ -299,9 +304,12 @@ class MultiTaskClassifier(nn.Module):
             offload=offload,
         )
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """The same under its pre-5.2x name, which older transformers' Trainer calls."""
-        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """The same under its pre-5.2x name, which older transformers' Trainer calls (5.17's with `every_n_layers`
+        and `offload` as well): every keyword goes on to the encoder's method of that name."""
+        self.encoder.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs
+        )
 
     @property
     def is_activation_checkpointing(self) -> bool:
