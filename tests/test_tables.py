@@ -569,3 +569,162 @@ def test_overlapping_runs_of_one_seed(tmp_path):
         build_tables(tmp_path, tmp_path / "out")
     with pytest.raises(SystemExit, match=re.escape(message)):
         main(["--runs", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def write_commonsense_run(
+    root: Path, method: str, label: str, official: dict, strict: dict | None, seed: int = 1, mode: str = "official"
+) -> Path:
+    """Writes a commonsense metrics.json whose tasks score `official`/`strict` (accuracies 0..1, per task); with
+    `strict` None it is a file from before both parsers were recorded (only the headline `accuracy`)."""
+    headline = {"official": official, "strict": strict}[mode]
+    tasks = {
+        task: {"accuracy": headline[task], "no_answer": 0.0}
+        | ({} if strict is None else {"accuracy_official": official[task], "accuracy_strict": strict[task]})
+        for task in official
+    }
+    return write_run(
+        root,
+        f"{method}-s{seed}",
+        method,
+        label,
+        seed,
+        tasks,
+        benchmark="commonsense",
+        profile="commonsense_cpu",
+        model="tiny-llama",
+        task_scores={task: 100 * value for task, value in headline.items()},
+        average=100 * sum(headline.values()) / len(headline),
+        config={"benchmark": {"mode": mode, "data_dir": "x"}},
+    )
+
+
+@pytest.fixture(scope="module")
+def parsers_built(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("parsers")
+    write_commonsense_run(root, "lora", "LoRA", {"boolq": 0.6, "piqa": 0.8}, {"boolq": 0.5, "piqa": 0.7})
+    write_commonsense_run(root, "dora", "DoRA", {"boolq": 0.65, "piqa": 0.75}, None)  # an old metrics.json
+    write_commonsense_run(root, "mtl_lora", "MTL-LoRA", {"boolq": 0.7, "piqa": 0.9}, {"boolq": 0.6, "piqa": 0.9})
+    out = root / "out"
+    build_tables(root, out, out / "no_paper", pairs=[("MTL-LoRA", "LoRA")])
+    return out
+
+
+def test_commonsense_paper_and_fair_parser_views(parsers_built):
+    markdown = (parsers_built / "commonsense.md").read_text()
+    assert "\n## commonsense_cpu · tiny-llama\n\nAnswers parsed by the official parser (mlora_evaluate.py: " in markdown
+    assert section(markdown, "commonsense_cpu · tiny-llama")[:5] == [
+        "| Method | seeds | BoolQ | PIQA | Avg | #Params |",
+        "|:--|--:|--:|--:|--:|--:|",
+        "| LoRA | 1 | 60.00 | 80.00 | 70.00 | 0.12M (0.54%) |",
+        "| DoRA | 1 | 65.00 | 75.00 | 70.00 | 0.12M (0.54%) |",
+        "| MTL-LoRA | 1 | 70.00 | 90.00 | 80.00 | 0.12M (0.54%) |",
+    ]
+    # The parser accuracies are not individual metrics of the main block (they have their own blocks).
+    assert "| Method | BoolQ acc | BoolQ no_answer | PIQA acc | PIQA no_answer |" in markdown
+    assert "accuracy_" not in markdown
+    # As the paper compares: LoRA and DoRA strict (DoRA's old file has no strict scores), MTL-LoRA official.
+    assert section(markdown, "commonsense_cpu · tiny-llama · paper's evaluators") == [
+        "| Method | seeds | BoolQ | PIQA | Avg | #Params |",
+        "|:--|--:|--:|--:|--:|--:|",
+        "| LoRA | 1 | 50.00 | 70.00 | 60.00 | 0.12M (0.54%) |",
+        "| DoRA | 1 | — | — | — | 0.12M (0.54%) |",
+        "| MTL-LoRA | 1 | 70.00 | 90.00 | 80.00 | 0.12M (0.54%) |",
+        "| Difference | n | BoolQ | PIQA | Avg |",
+        "|:--|--:|--:|--:|--:|",
+        "| MTL-LoRA − LoRA | 1 | +20.00 | +20.00 | +20.00 |",
+    ]
+    assert "DoRA: —: its metrics.json records no strict parser scores" in markdown
+    assert "LoRA, DoRA: strict, lora_evaluate.py: first match, exact equality; the others: official" in markdown
+    # The fair comparison under the parser the main block does not show; the official one would repeat it.
+    assert section(markdown, "commonsense_cpu · tiny-llama · one parser for all: strict")[2:6] == [
+        "| LoRA | 1 | 50.00 | 70.00 | 60.00 | 0.12M (0.54%) |",
+        "| DoRA | 1 | — | — | — | 0.12M (0.54%) |",
+        "| MTL-LoRA | 1 | 60.00 | 90.00 | 75.00 | 0.12M (0.54%) |",
+        "| Difference | n | BoolQ | PIQA | Avg |",
+    ]
+    assert "one parser for all: official" not in markdown
+    rows = list(csv.DictReader(io.StringIO((parsers_built / "commonsense.csv").read_text())))
+    got = [(row["kind"], row["source"], row["label"], row["boolq"], row["average"]) for row in rows]
+    assert got == [
+        ("score", "runs", "LoRA", "60.0", "70.0"),
+        ("score", "runs", "DoRA", "65.0", "70.0"),
+        ("score", "runs", "MTL-LoRA", "70.0", "80.0"),
+        ("paired_diff", "runs", "MTL-LoRA − LoRA", "10.0", "10.0"),
+        ("score", "runs: paper's evaluators", "LoRA", "50.0", "60.0"),
+        ("score", "runs: paper's evaluators", "DoRA", "", ""),
+        ("score", "runs: paper's evaluators", "MTL-LoRA", "70.0", "80.0"),
+        ("paired_diff", "runs: paper's evaluators", "MTL-LoRA − LoRA", "20.0", "20.0"),
+        ("score", "runs: one parser for all: strict", "LoRA", "50.0", "60.0"),
+        ("score", "runs: one parser for all: strict", "DoRA", "", ""),
+        ("score", "runs: one parser for all: strict", "MTL-LoRA", "60.0", "75.0"),
+        ("paired_diff", "runs: one parser for all: strict", "MTL-LoRA − LoRA", "10.0", "15.0"),
+    ]
+    assert (
+        "% commonsense_cpu · tiny-llama · paper's evaluators. As the paper compares them"
+        in (parsers_built / "commonsense.tex").read_text()
+    )
+
+
+def test_strict_headline_runs_get_the_official_view(tmp_path):
+    write_commonsense_run(tmp_path, "lora", "LoRA", {"boolq": 0.6}, {"boolq": 0.5}, mode="strict")
+    write_commonsense_run(tmp_path, "moelora", "MoELoRA", {"boolq": 0.7}, None)  # old file, headline official
+    out = tmp_path / "out"
+    build_tables(tmp_path, out, out / "no_paper")
+    markdown = (out / "commonsense.md").read_text()
+    assert "Answers parsed by different parsers (benchmark.mode): LoRA: strict, MoELoRA: official;" in markdown
+    assert section(markdown, "commonsense_cpu · tiny-llama")[2:4] == [
+        "| LoRA | 1 | 50.00 | 50.00 | 0.12M (0.54%) |",
+        "| MoELoRA | 1 | 70.00 | 70.00 | 0.12M (0.54%) |",
+    ]
+    assert section(markdown, "commonsense_cpu · tiny-llama · paper's evaluators")[2:4] == [
+        "| LoRA | 1 | 50.00 | 50.00 | 0.12M (0.54%) |",
+        "| MoELoRA | 1 | 70.00 | 70.00 | 0.12M (0.54%) |",
+    ]
+    assert section(markdown, "commonsense_cpu · tiny-llama · one parser for all: official")[2:4] == [
+        "| LoRA | 1 | 60.00 | 60.00 | 0.12M (0.54%) |",
+        "| MoELoRA | 1 | 70.00 | 70.00 | 0.12M (0.54%) |",
+    ]
+    assert section(markdown, "commonsense_cpu · tiny-llama · one parser for all: strict")[2:4] == [
+        "| LoRA | 1 | 50.00 | 50.00 | 0.12M (0.54%) |",
+        "| MoELoRA | 1 | — | — | 0.12M (0.54%) |",
+    ]
+
+
+def test_committed_commonsense_runs_still_render(tmp_path):
+    """The committed CPU runs predate the second parser: the main block is unchanged, the paper's view shows LoRA
+    and DoRA as — (their strict scores were never recorded), and there is no strict view."""
+    runs = Path(__file__).resolve().parents[1] / "results" / "runs" / "commonsense_cpu"
+    build_tables(runs, tmp_path, tmp_path / "no_paper")
+    markdown = (tmp_path / "commonsense.md").read_text()
+    assert (
+        "| MTL-LoRA | 1 | 58.33 | 62.50 | 29.17 | 16.67 | 54.17 | 33.33 | 25.00 | 29.17 | 38.54 | 1.72M (1.26%) |"
+        in (section(markdown, "commonsense_cpu · smollm2-135m"))
+    )
+    paper = section(markdown, "commonsense_cpu · smollm2-135m · paper's evaluators")
+    assert paper[2] == "| LoRA | 1 | — | — | — | — | — | — | — | — | — | 0.92M (0.68%) |"
+    assert (
+        paper[6]
+        == "| MTL-LoRA | 1 | 58.33 | 62.50 | 29.17 | 16.67 | 54.17 | 33.33 | 25.00 | 29.17 | 38.54 | 1.72M (1.26%) |"
+    )
+    assert "one parser for all" not in markdown
+
+
+def test_a_variant_with_old_and_new_seeds_keeps_the_new_ones(tmp_path):
+    write_commonsense_run(tmp_path, "lora", "LoRA", {"boolq": 0.6}, {"boolq": 0.5}, seed=1)
+    write_commonsense_run(tmp_path, "lora", "LoRA", {"boolq": 0.8}, None, seed=2)  # before both parsers
+    out = tmp_path / "out"
+    build_tables(tmp_path, out, out / "no_paper")
+    markdown = (out / "commonsense.md").read_text()
+    assert (
+        section(markdown, "commonsense_cpu · tiny-llama")[2]
+        == "| LoRA | 2 | 70.00 ± 14.14 | 70.00 ± 14.14 | 0.12M (0.54%) |"
+    )
+    assert section(markdown, "commonsense_cpu · tiny-llama · paper's evaluators")[2] == (
+        "| LoRA | 1 | 50.00 | 50.00 | 0.12M (0.54%) |"
+    )
+    assert "\nLoRA: seed(s) 2 recorded no strict parser scores and are left out.\n" in markdown
+
+
+def test_latex_writes_the_missing_cell_as_a_dash(parsers_built):
+    tex = (parsers_built / "commonsense.tex").read_text()
+    assert "DoRA & 1 & --- & --- & --- & 0.12M (0.54\\%) \\\\" in tex

@@ -19,6 +19,14 @@ difference row, first − second: per task and for Avg, the mean over the seeds 
 difference, its standard error (sample std of the differences / √n) and n, and a sentence saying whether the Avg
 difference exceeds twice its standard error. In the csv these rows have kind `paired_diff`, and their `<key>_std`
 columns hold that standard error (kind `score` rows: the sample std over seeds).
+
+Answer parsers (commonsense): a run whose config has `benchmark.mode` records each task's accuracy under both official
+parsers (`accuracy_official`: mlora_evaluate.py, `accuracy_strict`: lora_evaluate.py) from the same generations. Its
+block shows the headline (`mode`) scores and is followed by views of the same runs: "paper's evaluators" (each method
+under the evaluator of its official script, `PAPER_PARSERS`: how the paper's table compares them) and "one parser for
+all: <parser>" (the fair comparison; left out when the block already shows that parser for every row). A run from
+before both parsers were recorded has only its headline parser's scores; its cells in a view that needs the other
+parser read "—".
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +98,21 @@ DIFF_PAIRS: tuple[tuple[str, str], ...] = (
     *(("MTL-LoRA", label) for label in ("LoRA (r=16)", "LoRA", "DoRA", "MultiLoRA", "MoELoRA")),
     *((label, SINGLE_TASK_LABEL) for label in ("MTL-LoRA", "LoRA", "LoRA (r=16)", "DoRA", "MultiLoRA", "MoELoRA")),
 )
+# The official commonsense evaluators (spec §3.2), by the `benchmark.mode` that reproduces their answer parsing.
+PARSER_SCRIPTS = {
+    "official": "mlora_evaluate.py: first match, bare-digit fallback, substring rule",
+    "strict": "lora_evaluate.py: first match, exact equality",
+}
+# The parser of the evaluator each method's official script used: the PEFT LoRA and DoRA baselines were scored by
+# lora_evaluate.py (script/llama2_7B_dora_qkvo_eval.sh), MTL-LoRA, MultiLoRA and MoELoRA by mlora_evaluate.py.
+PAPER_PARSERS = {"lora": "strict", "dora": "strict"}
+DEFAULT_PAPER_PARSER = "official"
+PAPER_VIEW = "paper's evaluators"
+PAPER_VIEW_NOTE = (
+    "As the paper compares them: each method under the evaluator of its official script (LoRA, DoRA: strict, "
+    f"{PARSER_SCRIPTS['strict']}; the others: official, {PARSER_SCRIPTS['official']})."
+)
+MISSING = "—"  # a cell of a parser view whose run did not record that parser
 SCORE_KIND = "score"  # csv `kind` of a variant's (or a reference's) row
 DIFF_KIND = "paired_diff"  # csv `kind` of a difference row; its `_std` columns hold the standard error
 
@@ -130,6 +153,11 @@ class Run:
     trainable: int
     total: int
     parts: int = 1  # number of metrics.json files combined into this run (single-task runs of one seed)
+    # Commonsense: the headline's answer parser (benchmark.mode), and {parser: {task: score ×100}} for each parser the
+    # run recorded; None and {} for benchmarks without parsers.
+    parser: str | None = None
+    parser_scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    view: str = ""  # the parser view this run was derived for ("" for a run as recorded)
 
 
 @dataclass(frozen=True)
@@ -175,6 +203,7 @@ class Block:
     metric_columns: list[str]  # "task.metric" keys of the tasks scored by more than one metric
     rows: list[Row]
     differences: tuple[Difference, ...] = ()
+    view: str = ""  # the parser view of the block's runs ("" for the runs as recorded)
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -196,6 +225,8 @@ def load_run(path: Path) -> Run:
     try:
         data = json.loads(path.read_text())
         task_order = tuple(_get(data, path, "task_order"))
+        task_scores = {task: float(_get(data, path, "task_scores", task)) for task in task_order}
+        parser = (data.get("config") or {}).get("benchmark", {}).get("mode")
         return Run(
             path=path,
             benchmark=str(_get(data, path, "benchmark")),
@@ -206,13 +237,29 @@ def load_run(path: Path) -> Run:
             seed=int(_get(data, path, "seed")),
             task_order=task_order,
             metrics={task: {k: float(v) for k, v in _get(data, path, "tasks", task).items()} for task in task_order},
-            task_scores={task: float(_get(data, path, "task_scores", task)) for task in task_order},
+            task_scores=task_scores,
             average=float(_get(data, path, "average")),
             trainable=int(_get(data, path, "params", "trainable")),
             total=int(_get(data, path, "params", "total")),
+            parser=parser if parser in PARSER_SCRIPTS else None,
+            parser_scores=_parser_scores(data, path, parser, task_scores) if parser in PARSER_SCRIPTS else {},
         )
     except (ValueError, TypeError, AttributeError) as err:  # bad JSON or a value of the wrong type
         raise TablesError(f"{path}: {err}") from None
+
+
+def _parser_scores(
+    data: Mapping[str, Any], path: Path, headline: str, task_scores: Mapping[str, float]
+) -> dict[str, dict[str, float]]:
+    """{parser: {task: accuracy ×100}} for each parser whose `accuracy_<parser>` every task records; the headline
+    parser falls back to the task scores (a metrics.json written before both parsers were recorded)."""
+    scores = {}
+    for parser in PARSER_SCRIPTS:
+        key = f"accuracy_{parser}"
+        if all(key in _get(data, path, "tasks", task) for task in task_scores):
+            scores[parser] = {task: 100 * float(data["tasks"][task][key]) for task in task_scores}
+    scores.setdefault(headline, dict(task_scores))
+    return scores
 
 
 def benchmark_average(task_scores: Mapping[str, float]) -> float:
@@ -267,6 +314,12 @@ def combine_runs(runs: Sequence[Run]) -> Run:
         trainable=trainable,
         total=max(run.total - run.trainable for run in runs) + trainable,
         parts=sum(run.parts for run in runs),
+        parser=runs[0].parser if len({run.parser for run in runs}) == 1 else None,
+        parser_scores={
+            parser: {task: owner[task].parser_scores[parser][task] for task in order}
+            for parser in PARSER_SCRIPTS
+            if all(parser in run.parser_scores for run in runs)
+        },
     )
 
 
@@ -375,22 +428,29 @@ def difference_sentence(diff: Difference) -> str:
 
 
 def _run_blocks(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = DIFF_PAIRS) -> list[Block]:
-    groups: dict[tuple[str, str], list[Run]] = {}
+    groups: dict[tuple[str, str, str], list[Run]] = {}
     for run in sorted(runs, key=lambda r: (r.profile, r.model, *_variant_order(r.method, r.label), r.seed)):
-        groups.setdefault((run.profile, run.model), []).append(run)
+        groups.setdefault((run.profile, run.model, run.view), []).append(run)
     blocks = []
-    for (profile, model), group in groups.items():
+    parser_metrics = {f"accuracy_{parser}" for parser in PARSER_SCRIPTS}  # shown in the parser views instead
+    for (profile, model, view), group in groups.items():
         columns = _unique(task for run in group for task in run.task_order)
         metric_columns = []
         for task in columns:
-            names = _unique(metric for run in group if task in run.metrics for metric in run.metrics[task])
+            names = _unique(
+                metric
+                for run in group
+                if task in run.metrics
+                for metric in run.metrics[task]
+                if metric not in parser_metrics
+            )
             if len(names) > 1:  # a one-metric task's metric is its score column already
                 metric_columns += [f"{task}.{name}" for name in names]
         variants: dict[tuple[str, str], list[Run]] = {}
         for run in group:
             variants.setdefault((run.method, run.label), []).append(run)
         rows = [_run_row(method, label, members, columns) for (method, label), members in variants.items()]
-        title = f"{profile} · {model}"
+        title = f"{profile} · {model}" + (f" · {view}" if view else "")
         differences = []
         for first, second in pairs:
             matches = [[row for row in rows if row.label == label] for label in (first, second)]
@@ -400,8 +460,93 @@ def _run_blocks(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = DIFF_PAI
                     raise TablesError(f"{title}: {len(found)} rows labelled {label!r} (methods {methods}); cannot pair")
             if all(matches):
                 differences.append(paired_difference(matches[0][0], matches[1][0], columns))
-        blocks.append(Block(title, RUNS_SOURCE, profile, model, "", columns, metric_columns, rows, tuple(differences)))
+        note = "" if view else _headline_parser_note(group)
+        blocks.append(
+            Block(title, RUNS_SOURCE, profile, model, note, columns, metric_columns, rows, tuple(differences), view)
+        )
     return blocks
+
+
+def _headline_parser_note(runs: Sequence[Run]) -> str:
+    """Which answer parser the block's scores come from, for runs that record one ("" otherwise)."""
+    parsers = {run.parser for run in runs}
+    if parsers == {None}:
+        return ""
+    if len(parsers) == 1:
+        parser = parsers.pop()
+        return f"Answers parsed by the {parser} parser ({PARSER_SCRIPTS[parser]}) for every row."
+    by_label = ", ".join(_unique(f"{run.label}: {run.parser}" for run in runs))
+    return f"Answers parsed by different parsers (benchmark.mode): {by_label}; see the one-parser views below."
+
+
+def _parser_run(run: Run, parser: str, view: str) -> Run | None:
+    """The run with its task scores and Avg under `parser`, for block `view`; None when it did not record them."""
+    scores = run.parser_scores.get(parser)
+    if scores is None:
+        return None
+    return replace(
+        run,
+        task_scores=dict(scores),
+        average=benchmark_average(scores),
+        metrics={task: {"accuracy": score / 100} for task, score in scores.items()},
+        view=view,
+    )
+
+
+def with_parser_views(blocks: Sequence[Block], pairs: Sequence[tuple[str, str]] = DIFF_PAIRS) -> list[Block]:
+    """Returns `blocks` with, after each block of runs that record answer parsers, its parser views (module
+    docstring): one block per view, rows of variants without that parser's scores showing "—"."""
+    out = []
+    for block in blocks:
+        out.append(block)
+        runs = [run for row in block.rows for run in row.runs]
+        if block.source != RUNS_SOURCE or block.view or not any(run.parser_scores for run in runs):
+            continue
+        views = {PAPER_VIEW: (lambda run: PAPER_PARSERS.get(run.method, DEFAULT_PAPER_PARSER), PAPER_VIEW_NOTE)}
+        for parser in PARSER_SCRIPTS:
+            if any(run.parser != parser for run in runs):  # else the block itself shows it for every row
+                note = f"The fair comparison: every method under the {parser} parser ({PARSER_SCRIPTS[parser]})."
+                views[f"one parser for all: {parser}"] = (lambda run, parser=parser: parser, note)
+        for view, (parser_of, view_note) in views.items():
+            derived = [_parser_run(run, parser_of(run), view) for run in runs]
+            if not any(derived):
+                continue
+            (view_block,) = _run_blocks([run for run in derived if run is not None], pairs)
+            present = {(row.method, row.label) for row in view_block.rows}
+            missing = {}
+            for run, got in zip(runs, derived, strict=True):
+                if got is None:
+                    missing.setdefault((run.method, run.label), []).append(run)
+            rows = list(view_block.rows)
+            for (method, label), lacking in missing.items():
+                parser = parser_of(lacking[0])
+                if (method, label) in present:
+                    seeds = ", ".join(str(run.seed) for run in lacking)
+                    note = f"{label}: seed(s) {seeds} recorded no {parser} parser scores and are left out."
+                    rows = [
+                        replace(row, note=" ".join(filter(None, [row.note, note]))) if row.label == label else row
+                        for row in rows
+                    ]
+                    continue
+                first = lacking[0]
+                rows.append(
+                    Row(
+                        label=label,
+                        method=method,
+                        seeds=len(lacking),
+                        stats={},
+                        cells={key: MISSING for key in [*view_block.columns, AVERAGE]},
+                        params=format_params(first.trainable, first.total),
+                        trainable=first.trainable,
+                        total=first.total,
+                        note=f"{label}: {MISSING}: its metrics.json records no {parser} parser scores (written before "
+                        "both parsers were recorded; a new evaluation records both).",
+                    )
+                )
+            rows.sort(key=lambda row: _variant_order(row.method, row.label))
+            note = f"{view_note} Same generations as the block above; only the answer parsing differs."
+            out.append(replace(view_block, rows=rows, note=note))
+    return out
 
 
 def load_reference_blocks(path: Path) -> list[Block]:
@@ -562,7 +707,7 @@ def render_csv(blocks: Sequence[Block]) -> str:
             writer.writerow(
                 [
                     SCORE_KIND,
-                    block.source,
+                    _csv_source(block),
                     block.profile,
                     block.model,
                     row.label,
@@ -576,15 +721,20 @@ def render_csv(blocks: Sequence[Block]) -> str:
             )
         for diff in block.differences:
             numbers = [_csv_number(number) for key in keys for number in diff.stats.get(key, (None, None, 0))[:2]]
-            row_head = [DIFF_KIND, block.source, block.profile, block.model, diff.label, "", str(diff.seeds)]
+            row_head = [DIFF_KIND, _csv_source(block), block.profile, block.model, diff.label, "", str(diff.seeds)]
             writer.writerow([*row_head, *numbers, "", "", ""])
     return buffer.getvalue()
+
+
+def _csv_source(block: Block) -> str:
+    """The csv `source` of a block: its source, and its parser view if any (e.g. "runs: paper's evaluators")."""
+    return f"{block.source}: {block.view}" if block.view else block.source
 
 
 def _latex_escape(text: str) -> str:
     for char in "\\&%$#_{}":
         text = text.replace(char, "\\" + char)
-    return text.replace("±", "$\\pm$").replace("−", "$-$")
+    return text.replace("±", "$\\pm$").replace("−", "$-$").replace(MISSING, "---")
 
 
 def render_latex(blocks: Sequence[Block]) -> str:
@@ -661,7 +811,7 @@ def build_tables(
     written = []
     for benchmark in sorted({run.benchmark for run in runs}):
         benchmark_runs = [run for run in runs if run.benchmark == benchmark]
-        blocks = _run_blocks(benchmark_runs, pairs)
+        blocks = with_parser_views(_run_blocks(benchmark_runs, pairs), pairs)
         reference = paper_dir / f"{benchmark}.yaml"
         if reference.is_file():
             blocks += load_reference_blocks(reference)

@@ -25,37 +25,10 @@ from mtllora.benchmarks.commonsense import (
     load_train,
     train_files,
 )
+from mtllora.testing import commonsense_record
 
-# The instruction templates of the LLM-Adapters files, per task: (opening, option name, separator before the format).
-TEMPLATES = {
-    "boolq": ("Please answer the following question with true or false, question: ", None, "\n\n"),
-    "piqa": ("Please choose the correct solution to the question: ", "Solution", "\n\n"),
-    "social_i_qa": ("Please choose the correct answer to the question: ", "Answer", "\n\n"),
-    "hellaswag": ("Please choose the correct ending to complete the given sentence: ", "Ending", "\n\n"),
-    "winogrande": (
-        "Please choose the correct answer to fill in the blank to complete the given sentence: ",
-        "Option",
-        " ",
-    ),
-    "ARC-Challenge": ("Please choose the correct answer to the question: ", "Answer", "\n\n"),
-    "ARC-Easy": ("Please choose the correct answer to the question: ", "Answer", "\n\n"),
-    "openbookqa": ("Please choose the correct answer to the question: ", "Answer", "\n\n"),
-}
-NUM_OPTIONS = {"piqa": 2, "social_i_qa": 3, "hellaswag": 4, "winogrande": 2}
-
-
-def record(task: str, question: str, answer: int = 1, num_options: int | None = None) -> dict[str, str]:
-    """Returns an LLM-Adapters record of `task` whose correct option is `answer` (boolq: 1 true, 2 false)."""
-    opening, option, separator = TEMPLATES[task]
-    if option is None:
-        options, label, fmt = "", ["true", "false"][answer - 1], "true/false"
-    else:
-        n = num_options or NUM_OPTIONS.get(task, 4)
-        joiner = "\n\n" if task == "piqa" else " "  # PIQA puts each solution in its own paragraph
-        options = "\n\n" + joiner.join(f"{option}{i}: {question} choice {i}" for i in range(1, n + 1))
-        label, fmt = f"{option.lower()}{answer}", "/".join(f"{option.lower()}{i}" for i in range(1, n + 1))
-    instruction = f"{opening}{question}{options}{separator}Answer format: {fmt}"
-    return {"instruction": instruction, "input": "", "output": f"the correct answer is {label}", "answer": label}
+# The LLM-Adapters record writer, shared with the rehearsal (`make rehearse`).
+record = commonsense_record
 
 
 def fixture_records(split: str) -> dict[str, list[dict[str, str]]]:
@@ -248,15 +221,13 @@ def test_a_missing_test_file_says_where_to_get_it(tmp_path):
         load_test(tmp_path, "boolq")
 
 
-def test_train_files_layout_partial_hellaswag_and_missing_files(tmp_path, caplog):
+def test_train_files_layout_partial_hellaswag_and_missing_files(tmp_path):
     root = write_commonsense(tmp_path)
     train = root / "commonsense" / "train"
-    with caplog.at_level(logging.WARNING, logger="mtllora.benchmarks.commonsense"):
-        files = train_files(root)
+    files = train_files(root)
     assert list(files) == list(TASKS)
     assert files["piqa"] == train / "piqa_train.json"
     assert files["hellaswag"] == train / "hellaswag_train_partial.json"
-    assert "is partial (3,368 of 39,905 train rows)" in caplog.text
     write_json(train / "hellaswag_train.json", [])
     assert train_files(root / "commonsense")["hellaswag"] == train / "hellaswag_train.json"
     assert load_train(root) == with_task_ids(fixture_records("train")) | {"hellaswag": []}
@@ -268,10 +239,32 @@ def test_train_files_layout_partial_hellaswag_and_missing_files(tmp_path, caplog
     with pytest.raises(FileNotFoundError) as error:
         train_files(root)
     message = str(error.value)
-    assert f"commonsense train files missing in {train}: piqa_train.json, openbookqa_train.json." in message
-    assert "dataset/<task>/train.json, saved as train/<task>_train.json" in message
-    assert "commonsense_170k_taskid.json" in message
+    assert (
+        f"commonsense train files missing in {root / 'commonsense'}: piqa/train.json or train/piqa_train.json, "
+        "openbookqa/train.json or train/openbookqa_train.json." in message
+    )
+    assert "https://github.com/AGI-Edgerunners/LLM-Adapters/tree/main/dataset" in message
+    assert "make reproduce-commonsense ARGS='benchmark.train_file=" in message
     assert set(train_files(root, missing_ok=True)) == set(TASKS) - {"piqa", "openbookqa"}
+
+
+def write_llm_adapters(root: Path) -> Path:
+    """Writes LLM-Adapters' own layout, `dataset/<task>/{train,test}.json`, under root; returns root."""
+    for split in ("train", "test"):
+        for task, records in fixture_records(split).items():
+            write_json(root / "dataset" / task / f"{split}.json", records)
+    return root
+
+
+def test_llm_adapters_own_layout_is_found(tmp_path):
+    root = write_llm_adapters(tmp_path)
+    files = train_files(root)
+    assert files == {task: root / "dataset" / task / "train.json" for task in TASKS}
+    assert commonsense.test_file(root, "hellaswag") == root / "dataset" / "hellaswag" / "test.json"
+    assert load_train(root / "dataset") == with_task_ids(fixture_records("train"))
+    write_json(root / "dataset" / "train" / "boolq_train.json", [])  # both layouts: which one trains is not guessed
+    with pytest.raises(ValueError, match=r"train set 'boolq': both .*dataset/boolq/train.json and .*boolq_train"):
+        train_files(root)
 
 
 def test_answer_format():

@@ -10,7 +10,13 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from mtllora.adapters import apply_adapters
-from mtllora.benchmarks.commonsense import TASKS, CommonsenseBenchmark, load_records
+from mtllora.benchmarks.commonsense import (
+    FULL_TRAIN_RECORDS,
+    TASKS,
+    CommonsenseBenchmark,
+    extract_answer,
+    load_records,
+)
 from mtllora.models import ModelConfig
 
 from ..conftest import make_config, randomize_adapters, write_tiny_llama
@@ -25,7 +31,7 @@ def commonsense_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory, commonsense_dir):
-    bench = CommonsenseBenchmark(commonsense_dir, cache_dir=tmp_path_factory.mktemp("cache"))
+    bench = CommonsenseBenchmark(commonsense_dir, allow_partial_train=True, cache_dir=tmp_path_factory.mktemp("cache"))
     texts = [bench.prompt(r, r["output"]) for r in bench.train_records()]
     texts += [bench.prompt(r) for task in TASKS for r in bench.test_records(task)] + ["1 2 3 4 5 true false"]
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), texts)
@@ -47,11 +53,24 @@ def test_shrunken_commonsense_run_scores_every_task(commonsense_dir, llama_dir, 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["task_order"] == list(TASKS) and metrics["train"]["steps"] == 3
     assert metrics["config"]["method"]["adapter"]["num_tasks"] == 8
+    counts = {task: 3 if task.startswith("ARC") else 2 for task in TASKS}  # the fixture's train records
+    assert metrics["data"] == {
+        "train_source": str(commonsense_dir / "commonsense"),
+        "train_records": counts,
+        "full_train_records": FULL_TRAIN_RECORDS,
+        "partial": True,
+    }
     for task in TASKS:
         rows = [json.loads(line) for line in (run_dir / "predictions" / f"{task}.jsonl").read_text().splitlines()]
         assert [row["label"] for row in rows] == [r["answer"] for r in load_records(_test_path(commonsense_dir, task))]
         assert metrics["tasks"][task]["accuracy"] == sum(row["correct"] for row in rows) / len(rows)
         assert metrics["tasks"][task]["no_answer"] == sum(row["prediction"] == "" for row in rows) / len(rows)
+        for mode in ("official", "strict"):  # both parsers, from the responses the headline scored
+            assert [row[f"prediction_{mode}"] for row in rows] == [
+                extract_answer(task, r["response"], mode) for r in rows
+            ]
+            assert metrics["tasks"][task][f"accuracy_{mode}"] == sum(row[f"correct_{mode}"] for row in rows) / len(rows)
+        assert metrics["tasks"][task]["accuracy"] == metrics["tasks"][task]["accuracy_official"]
     assert metrics["average"] == pytest.approx(100 * sum(m["accuracy"] for m in metrics["tasks"].values()) / 8)
 
 
@@ -84,7 +103,9 @@ def test_a_combined_train_file_may_be_a_url(commonsense_dir, tmp_path):
 
     records = [r for rs in with_task_ids(fixture_records("train")).values() for r in rs]
     combined = write_json(tmp_path / "web" / "commonsense_170k_taskid.json", records)
-    bench = CommonsenseBenchmark(commonsense_dir, train_file=combined.as_uri(), cache_dir=tmp_path / "cache")
+    bench = CommonsenseBenchmark(
+        commonsense_dir, train_file=combined.as_uri(), allow_partial_train=True, cache_dir=tmp_path / "cache"
+    )
     loaded = sorted((r["instruction"], r["task_id"]) for r in bench.train_records())
     assert loaded == sorted((r["instruction"], r["task_id"]) for r in records) and len(loaded) == 18
     assert (tmp_path / "cache" / "commonsense_170k_taskid.json").read_text() == combined.read_text()

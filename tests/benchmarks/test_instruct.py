@@ -11,7 +11,7 @@ import torch
 
 from mtllora.adapters import apply_adapters
 from mtllora.benchmarks.generation import generate
-from mtllora.benchmarks.instruct import InstructBenchmark, RecordError, alpaca_prompt, read_records
+from mtllora.benchmarks.instruct import InputsError, InstructBenchmark, RecordError, alpaca_prompt, read_records
 
 from ..conftest import make_config, randomize_adapters, write_tiny_encoder, write_tiny_llama
 from ..test_train import cli
@@ -95,6 +95,32 @@ def test_malformed_records_name_the_file_and_the_record(tmp_path):
     no_task.write_text('{"instruction": "a", "input": "", "output": "b"}\n')
     with pytest.raises(RecordError, match=r"record 0: needs a 'task' \(one of \['x'\]\) or an integer 'task_id'"):
         InstructBenchmark(["x"], [no_task], {"x": no_task}).train_records()
+
+
+def test_check_inputs_lists_every_bad_file(tmp_path):
+    _benchmark(tmp_path).check_inputs()  # the toy data is fine
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"instruction": "i", "input": "", "output": "o", "task": "other"}) + "\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    bench = InstructBenchmark(
+        tasks=["sentiment", "topic"],
+        train_files=[train, tmp_path / "gone.jsonl"],
+        test_files={"sentiment": empty, "topic": tmp_path / "none.jsonl"},
+        cache_dir=tmp_path / "cache",
+    )
+    with pytest.raises(InputsError) as error:
+        bench.check_inputs()
+    assert str(error.value).splitlines() == [
+        "instruct: 4 problem(s) with benchmark.train_files/test_files:",
+        f"  - {train}: record 0: needs a 'task' (one of ['sentiment', 'topic']) or an integer 'task_id', got "
+        "task='other'",
+        f"  - no data file {tmp_path / 'gone.jsonl'}",
+        f"  - {empty}: expected a JSON list of records or JSON Lines (one object per line), got an empty file (the "
+        "test file of task 'sentiment')",
+        f"  - no data file {tmp_path / 'none.jsonl'} (the test file of task 'topic')",
+        "Records: JSON lists or JSON Lines of {instruction, input, output, answer?, task | task_id}.",
+    ]
 
 
 def test_batched_generation_with_mixed_tasks_equals_one_by_one(tiny_llama_dir):

@@ -4,15 +4,19 @@ Records are LLM-Adapters instruction records: `{"instruction", "input", "output"
 task as `task` (a name of TASKS) or `task_id` (its position in TASKS). The instruction ends with the answer
 format, e.g. "...\\n\\nAnswer format: answer1/answer2/answer3"; the output is "the correct answer is <answer>".
 
-Files, under `data_dir` (the shared data root holding `commonsense/`, or the commonsense folder itself):
-`<task>/test.json` (LLM-Adapters `dataset/<task>/test.json`) and `train/<task>_train.json` (LLM-Adapters
-`dataset/<task>/train.json`). The union of the train files is `commonsense_170k.json`; `commonsense_170k_taskid.json`
-adds `task_id`. A combined file without ids gets them from `assign_task_ids`.
+Files, under `data_dir` (the shared data root holding `commonsense/`, LLM-Adapters' checkout holding `dataset/`, or
+the folder itself): `<task>/test.json` and, per task, `<task>/train.json` (LLM-Adapters' own layout) or
+`train/<task>_train.json` (the shared copy's). The union of the train files is `commonsense_170k.json` (170,420
+records); `commonsense_170k_taskid.json` adds `task_id`. A combined file without ids gets them from `assign_task_ids`.
+Training on fewer records than LLM-Adapters' full train split of a task (the shared copy's HellaSwag) is an error
+unless `allow_partial_train`.
 
 Scoring follows the official evaluators of pUmpKin-Co/MTL-LoRA (spec §3.2): the first match of the task's answer
 pattern in the response, compared with the `answer` field. Mode "official" is `mlora_evaluate.py` (MTL-LoRA, MoELoRA,
-MultiLoRA, DoRA runs): a bare-digit fallback for the answerN tasks and a substring rule. Mode "strict" is
-`lora_evaluate.py` (the LoRA baseline): no fallback, exact equality.
+MultiLoRA runs): a bare-digit fallback for the answerN tasks and a substring rule. Mode "strict" is `lora_evaluate.py`
+(the PEFT LoRA and DoRA baselines, `script/llama2_7B_dora_qkvo_eval.sh`): no fallback, exact equality. Every
+evaluation scores the same generations under both (`accuracy_official`, `accuracy_strict`); `mode` picks the headline
+`accuracy`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .instruct import InstructBenchmark, read_records
+from .instruct import InputsError, InstructBenchmark, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +69,32 @@ ANSWER_PATTERNS: dict[str, re.Pattern[str]] = {
 DIGIT_FALLBACK = re.compile(r"1|2|3|4")
 DIGIT_FALLBACK_TASKS = frozenset({"social_i_qa", "ARC-Challenge", "ARC-Easy", "openbookqa"})
 
+# Records of LLM-Adapters' train file of each task: commonsense_170k.json is their union (170,420 records).
+FULL_TRAIN_RECORDS: dict[str, int] = {
+    "boolq": 9427,
+    "piqa": 16113,
+    "social_i_qa": 33410,
+    "hellaswag": 39905,
+    "winogrande": 63238,
+    "ARC-Challenge": 1119,
+    "ARC-Easy": 2251,
+    "openbookqa": 4957,
+}
+
 _HELLASWAG_DERIVED_TEST = "test_reconstructed.json"
 _HELLASWAG_PARTIAL_TRAIN = "hellaswag_train_partial.json"
+_DATA_SOURCE = "https://github.com/AGI-Edgerunners/LLM-Adapters/tree/main/dataset"
 _SOURCE_HINT = (
     "Get it from AGI-Edgerunners/LLM-Adapters: dataset/{task}/{split}.json, saved as {layout} under data_dir "
-    "(data_dir, or MTLLORA_DATA_DIR, may be the shared data root holding commonsense/ or the commonsense folder)."
+    "(data_dir, or MTLLORA_DATA_DIR, may be the shared data root holding commonsense/, the LLM-Adapters checkout "
+    "holding dataset/, or that folder itself)."
+)
+_LAYOUT = (
+    f"Expected under data_dir (the shared data root holding commonsense/, the LLM-Adapters checkout holding dataset/, "
+    f"or that folder): <task>/test.json for each task, and the train set as <task>/train.json or "
+    f"train/<task>_train.json for each task, or one combined file passed as benchmark.train_file, e.g. "
+    f"make reproduce-commonsense ARGS='benchmark.train_file=/path/to/commonsense_170k_taskid.json' (or the "
+    f"commonsense_170k.json URL). Download: {_DATA_SOURCE} (commonsense_170k.json at the repository root)."
 )
 
 
@@ -134,31 +159,39 @@ def _task_problem(record: Record) -> str | None:
 
 
 def _root(data_dir: str | os.PathLike[str]) -> Path:
-    """Returns the commonsense folder: `data_dir/commonsense` if it exists, else `data_dir`."""
+    """Returns the commonsense folder: `data_dir/commonsense` or `data_dir/dataset` (LLM-Adapters) if one exists,
+    else `data_dir`."""
     data_dir = Path(data_dir)
-    return data_dir / "commonsense" if (data_dir / "commonsense").is_dir() else data_dir
+    return next((data_dir / sub for sub in ("commonsense", "dataset") if (data_dir / sub).is_dir()), data_dir)
 
 
 def test_file(data_dir: str | os.PathLike[str], dataset: str) -> Path:
-    """Returns `<data_dir>/<dataset>/test.json` (data_dir: the shared data root holding commonsense/, or that folder).
+    """Returns `<data_dir>/<dataset>/test.json` (data_dir: the shared data root holding commonsense/, LLM-Adapters'
+    checkout holding dataset/, or that folder).
 
     HellaSwag: LLM-Adapters' test.json if present, else `test_reconstructed.json`, a file derived from the official
     validation set (same items, labels and order; WikiHow prompts without the [header]/[step] tags; data README).
     """
-    _check_task(dataset)
-    folder = _root(data_dir) / dataset
-    names = ["test.json", _HELLASWAG_DERIVED_TEST] if dataset == "hellaswag" else ["test.json"]
-    for name in names:
-        if (folder / name).is_file():
-            if name == _HELLASWAG_DERIVED_TEST:
-                logger.info("hellaswag: using %s, reconstructed from the official validation set", folder / name)
-            return folder / name
-    tried = " or ".join(str(folder / name) for name in names)
+    candidates = _test_candidates(data_dir, dataset)
+    for path in candidates:
+        if path.is_file():
+            if path.name == _HELLASWAG_DERIVED_TEST:
+                logger.info("hellaswag: using %s, reconstructed from the official validation set", path)
+            return path
     hint = _SOURCE_HINT.format(task=dataset, split="test", layout=f"{dataset}/test.json")
-    raise FileNotFoundError(f"commonsense test set {dataset!r}: no file {tried}. {hint}")
+    raise FileNotFoundError(f"commonsense test set {dataset!r}: no file {' or '.join(map(str, candidates))}. {hint}")
 
 
 test_file.__test__ = False  # a library function named test_*, not a test for pytest to collect
+
+
+def _test_candidates(data_dir: str | os.PathLike[str], dataset: str) -> list[Path]:
+    """The paths a test set may have, in order of preference."""
+    _check_task(dataset)
+    folder = _root(data_dir) / dataset
+    return [
+        folder / name for name in (["test.json", _HELLASWAG_DERIVED_TEST] if dataset == "hellaswag" else ["test.json"])
+    ]
 
 
 def load_test(data_dir: str | os.PathLike[str], dataset: str) -> list[Record]:
@@ -172,31 +205,36 @@ def load_test(data_dir: str | os.PathLike[str], dataset: str) -> list[Record]:
 
 
 def train_files(data_dir: str | os.PathLike[str], missing_ok: bool = False) -> dict[str, Path]:
-    """Returns {task: `<data_dir>/train/<task>_train.json`} in TASKS order.
+    """Returns {task: its train file} in TASKS order: `<task>/train.json` (LLM-Adapters' layout) or
+    `train/<task>_train.json` (the shared copy's); for HellaSwag, else `train/hellaswag_train_partial.json` (the
+    shared copy's first 3,368 of 39,905 rows; `CommonsenseBenchmark` refuses it unless `allow_partial_train`).
 
-    HellaSwag: `hellaswag_train.json`, else `hellaswag_train_partial.json` (the shared data has only the first 3,368
-    of its 39,905 rows; a warning says so). A missing file is an error naming all of them, unless `missing_ok`
-    (then the tasks found are returned).
+    Both layouts holding a task's file is an error (which one trains would be a silent choice). A missing file is
+    an error naming all of them, unless `missing_ok` (then the tasks found are returned).
     """
-    folder = _root(data_dir) / "train"
+    root = _root(data_dir)
     found: dict[str, Path] = {}
     missing: list[str] = []
     for task in TASKS:
-        names = [f"{task}_train.json", _HELLASWAG_PARTIAL_TRAIN] if task == "hellaswag" else [f"{task}_train.json"]
-        path = next((folder / name for name in names if (folder / name).is_file()), None)
+        full = [path for path in _train_candidates(root, task) if path.is_file()]
+        if len(full) > 1:
+            raise ValueError(
+                f"commonsense train set {task!r}: both {full[0]} and {full[1]} exist; keep one (they may differ)"
+            )
+        partial = root / "train" / _HELLASWAG_PARTIAL_TRAIN
+        path = full[0] if full else (partial if task == "hellaswag" and partial.is_file() else None)
         if path is None:
-            missing.append(" or ".join(names))
+            missing.append(" or ".join(str(p.relative_to(root)) for p in _train_candidates(root, task)))
         else:
             found[task] = path
     if missing and not missing_ok:
-        hint = _SOURCE_HINT.format(task="<task>", split="train", layout="train/<task>_train.json")
-        raise FileNotFoundError(
-            f"commonsense train files missing in {folder}: {', '.join(missing)}. {hint} Or pass one combined file "
-            f"(commonsense_170k_taskid.json, or commonsense_170k.json) as train_file."
-        )
-    if found.get("hellaswag", Path()).name == _HELLASWAG_PARTIAL_TRAIN:
-        logger.warning("hellaswag: %s is partial (3,368 of 39,905 train rows)", found["hellaswag"])
+        raise FileNotFoundError(f"commonsense train files missing in {root}: {', '.join(missing)}. {_LAYOUT}")
     return found
+
+
+def _train_candidates(root: Path, task: str) -> list[Path]:
+    """The paths a complete train file of `task` may have under the commonsense folder `root`."""
+    return [root / task / "train.json", root / "train" / f"{task}_train.json"]
 
 
 def load_train(
@@ -386,8 +424,10 @@ def assign_task_ids(
 
 class CommonsenseBenchmark(InstructBenchmark):
     """Commonsense reasoning as the paper trains and scores it: one adapter on the eight training sets, greedy
-    generation on the eight test sets, the official answer parsing (`mode`). Task i of `tasks` has id i; the
-    default order is the official mapping (boolq 0 ... openbookqa 7), which official checkpoints assume."""
+    generation on the eight test sets, the official answer parsing (`mode` picks the headline; both parsers are
+    recorded). Task i of `tasks` has id i; the default order is the official mapping (boolq 0 ... openbookqa 7),
+    which official checkpoints assume. A task with fewer train records than LLM-Adapters' (`FULL_TRAIN_RECORDS`)
+    is an error unless `allow_partial_train`, and then metrics.json says so (`data_facts`)."""
 
     def __init__(
         self,
@@ -395,14 +435,15 @@ class CommonsenseBenchmark(InstructBenchmark):
         train_file: str | os.PathLike[str] | None = None,
         tasks: Sequence[str] = TASKS,
         mode: str = "official",
+        allow_partial_train: bool = False,
         name: str = "commonsense",
         **kwargs: Any,
     ) -> None:
         if data_dir is None:
             raise ValueError(
                 "commonsense needs a local copy of the LLM-Adapters data (AGI-Edgerunners/LLM-Adapters dataset/: "
-                "<task>/test.json; train/<task>_train.json or a combined commonsense_170k_taskid.json as "
-                "benchmark.train_file): set MTLLORA_DATA_DIR or paths.data_dir"
+                "<task>/test.json; <task>/train.json, train/<task>_train.json or a combined "
+                "commonsense_170k_taskid.json as benchmark.train_file): set MTLLORA_DATA_DIR or paths.data_dir"
             )
         for task in tasks:
             _check_task(task)
@@ -410,12 +451,72 @@ class CommonsenseBenchmark(InstructBenchmark):
         self.data_dir = Path(data_dir)
         self.train_file = train_file
         self.mode = mode
-        test_files = {task: test_file(data_dir, task) for task in tasks}  # a missing one says where to get it
+        self.allow_partial_train = allow_partial_train
+        self._train: dict[str, list[Record]] | None = None
+        # The first existing candidate, else the preferred path: `check_inputs` lists every missing one at once.
+        candidates = {task: _test_candidates(data_dir, task) for task in tasks}
+        test_files = {task: next((p for p in paths if p.is_file()), paths[0]) for task, paths in candidates.items()}
         super().__init__(tasks=list(tasks), train_files=[], test_files=test_files, name=name, **kwargs)
 
+    def check_inputs(self) -> None:
+        """Reads and validates the test file of every task and the whole train set (per-task files or
+        `train_file`, downloaded if a URL), refusing a partial train set unless `allow_partial_train`; raises one
+        InputsError listing every problem, the expected layout and where to download the data."""
+        problems = []
+        for task in self.tasks:
+            try:
+                if not load_test(self.data_dir, task):
+                    problems.append(f"test set {task!r}: {test_file(self.data_dir, task)} has no records")
+            except FileNotFoundError:
+                tried = " or ".join(map(str, _test_candidates(self.data_dir, task)))
+                problems.append(f"test set {task!r}: no file {tried}")
+            except ValueError as err:
+                problems.append(str(err))
+        try:
+            self._train_by_task()
+        except (OSError, ValueError) as err:
+            problems.append(str(err).replace(f" {_LAYOUT}", ""))
+        if problems:
+            raise InputsError(
+                f"{self.name}: the data under data_dir={self.data_dir} is not usable:\n"
+                + "".join(f"  - {problem}\n" for problem in problems)
+                + _LAYOUT
+            )
+
+    def data_facts(self) -> dict[str, Any]:
+        """Records per task of the train set this run trained on (before `max_train_samples`), LLM-Adapters' counts,
+        and whether some task is partial (allowed by `allow_partial_train`)."""
+        counts = {task: len(records) for task, records in self._train_by_task().items()}
+        return {
+            "train_source": str(self.train_file) if self.train_file is not None else str(_root(self.data_dir)),
+            "train_records": counts,
+            "full_train_records": {task: FULL_TRAIN_RECORDS[task] for task in self.tasks},
+            "partial": bool(_partial_tasks(counts)),
+        }
+
     def train_records(self) -> list[Record]:
-        grouped = load_train(self.data_dir, self._local_train_file())
+        grouped = self._train_by_task()
         return [{**r, "task_id": i} for i, task in enumerate(self.tasks) for r in grouped[task]]
+
+    def _train_by_task(self) -> dict[str, list[Record]]:
+        """{task of `tasks`: train records}, loaded once (`check_inputs` reads them before the model loads, training
+        reuses them); a partial task is an error unless `allow_partial_train`."""
+        if self._train is None:
+            grouped = load_train(self.data_dir, self._local_train_file())
+            train = {task: grouped[task] for task in self.tasks}
+            partial = _partial_tasks({task: len(records) for task, records in train.items()})
+            if partial and not self.allow_partial_train:
+                raise ValueError(
+                    f"partial train set: {_describe_partial(partial)} "
+                    f"({sum(map(len, train.values())):,} of {sum(FULL_TRAIN_RECORDS[t] for t in self.tasks):,} "
+                    "records of LLM-Adapters' commonsense_170k). The paper trains on all of them: pass the complete "
+                    "files (e.g. benchmark.train_file=commonsense_170k_taskid.json), or opt in to training on this "
+                    "subset with benchmark.allow_partial_train=true (metrics.json then records the counts)"
+                )
+            if partial:
+                logger.warning("training on a partial train set (allow_partial_train): %s", _describe_partial(partial))
+            self._train = train
+        return self._train
 
     def _local_train_file(self) -> Path | None:
         """The combined train file as a local path; a URL (e.g. the LLM-Adapters commonsense_170k.json) is
@@ -426,12 +527,13 @@ class CommonsenseBenchmark(InstructBenchmark):
         local = self.cache_dir / url.rstrip("/").rsplit("/", 1)[-1]
         if not local.exists():
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            part = local.with_name(f"{local.name}.{os.getpid()}.part")  # one per process: DeepSpeed ranks race
             try:
                 with urllib.request.urlopen(url) as response:
-                    local.with_suffix(".part").write_bytes(response.read())
+                    part.write_bytes(response.read())
             except OSError as err:
                 raise OSError(f"could not download benchmark.train_file {url}: {err}") from err
-            local.with_suffix(".part").replace(local)
+            part.replace(local)
         return local
 
     def test_records(self, task: str) -> list[Record]:
@@ -442,3 +544,24 @@ class CommonsenseBenchmark(InstructBenchmark):
 
     def is_correct(self, task: str, prediction: str, label: str) -> bool:
         return is_correct(prediction, label, self.mode)
+
+    def score(self, task: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """The headline metrics (`mode`), plus `accuracy_official` and `accuracy_strict`: both official parsers on
+        the same responses (the paper scored LoRA/DoRA with the strict one, the others with the official one);
+        each row gets its `prediction_<mode>` and `correct_<mode>`."""
+        metrics = super().score(task, rows)
+        for mode in MODES:
+            for row in rows:
+                row[f"prediction_{mode}"] = extract_answer(task, row["response"], mode)
+                row[f"correct_{mode}"] = is_correct(row[f"prediction_{mode}"], row["label"], mode)
+            metrics[f"accuracy_{mode}"] = sum(row[f"correct_{mode}"] for row in rows) / len(rows)
+        return metrics
+
+
+def _partial_tasks(counts: Mapping[str, int]) -> dict[str, int]:
+    """{task: records} of the tasks with fewer train records than LLM-Adapters' train file."""
+    return {task: n for task, n in counts.items() if n < FULL_TRAIN_RECORDS[task]}
+
+
+def _describe_partial(partial: Mapping[str, int]) -> str:
+    return ", ".join(f"{task} has {n:,} of {FULL_TRAIN_RECORDS[task]:,} records" for task, n in partial.items())

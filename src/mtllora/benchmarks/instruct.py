@@ -56,6 +56,10 @@ class RecordError(ValueError):
     """A data record is malformed (the message names the file and the record's index)."""
 
 
+class InputsError(ValueError):
+    """The data files of a run are missing or malformed; the message lists every problem found."""
+
+
 def read_records(path: str | Path, check: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
     """Returns the records of a JSON list or JSON Lines file (see `read_json_records`), each checked for string
     `instruction`, `input` (may be "") and `output`, and a string `answer` when present; other keys are kept;
@@ -182,6 +186,16 @@ class InstructBenchmark(Benchmark):
         """Returns whether an extracted answer counts as correct for the label."""
         return prediction == label.strip()
 
+    def score(self, task: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Returns the metrics of `task` from its evaluation rows ({label, response, prediction, ...}), marking each
+        row `correct`: accuracy and the share of responses with no answer found."""
+        for row in rows:
+            row["correct"] = self.is_correct(task, row["prediction"], row["label"])
+        return {
+            "accuracy": float(np.mean([row["correct"] for row in rows])),
+            "no_answer": float(np.mean([row["prediction"] == "" for row in rows])),
+        }
+
     def train_records(self) -> list[dict[str, Any]]:
         """Returns the training records, each with an integer `task_id`."""
         return [r for path in self.train_files for r in self._with_task_ids(read_records(path), path)]
@@ -191,6 +205,28 @@ class InstructBenchmark(Benchmark):
         return self._subsample(read_records(self.test_files[task]), self.max_eval_samples, seed=0)
 
     # --- the Benchmark interface ----------------------------------------------------------------------------
+
+    def check_inputs(self) -> None:
+        """Reads every train and test file and checks every record (and its task); raises one InputsError listing
+        each problem."""
+        problems = []
+        for path in self.train_files:
+            try:
+                self._with_task_ids(read_records(path), path)
+            except (OSError, ValueError) as err:
+                problems.append(str(err))
+        for task, path in self.test_files.items():
+            try:
+                if not read_records(path):
+                    problems.append(f"{path}: no records (the test file of task {task!r})")
+            except (OSError, ValueError) as err:
+                problems.append(f"{err} (the test file of task {task!r})")
+        if problems:
+            raise InputsError(
+                f"{self.name}: {len(problems)} problem(s) with benchmark.train_files/test_files:\n"
+                + "".join(f"  - {problem}\n" for problem in problems)
+                + "Records: JSON lists or JSON Lines of {instruction, input, output, answer?, task | task_id}."
+            )
 
     def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         config = AutoConfig.from_pretrained(model_cfg.name_or_path, gguf_file=model_cfg.gguf_file)
@@ -261,18 +297,13 @@ class InstructBenchmark(Benchmark):
         )
         results = {}
         for task in self.tasks:
-            rows = []
-            for index, record in enumerate(records[task]):
-                label = record.get("answer", record["output"])
-                row = {"index": index, "label": label, **next(answered)}
-                row["correct"] = self.is_correct(task, row["prediction"], label)
-                rows.append(row)
+            rows = [
+                {"index": index, "label": record.get("answer", record["output"]), **next(answered)}
+                for index, record in enumerate(records[task])
+            ]
+            results[task] = self.score(task, rows)
             if trainer.is_world_process_zero():
                 write_jsonl(Path(trainer.args.output_dir) / "predictions" / f"{task}.jsonl", rows)
-            results[task] = {
-                "accuracy": float(np.mean([row["correct"] for row in rows])),
-                "no_answer": float(np.mean([row["prediction"] == "" for row in rows])),
-            }
         return results
 
     def respond(
