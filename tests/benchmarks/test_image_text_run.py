@@ -1,21 +1,25 @@
 """Image-text end to end on the synthetic set at a tiny size: the CLI's shrunken path (features, tiny VL-BART,
-training under task ids, batched generation, every metric), evaluation independent of the batch size, clear errors."""
+training under task ids in one-task batches, batched generation, every metric), evaluation independent of the batch
+size, the training loader's batches (one task each; the same in worker processes), clear errors."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, Trainer, TrainingArguments
 
 from mtllora.adapters import apply_adapters
 from mtllora.benchmarks.image_text import ImageTextBenchmark
 from mtllora.benchmarks.image_text_data import OFFICIAL_SPLITS, TASKS, MissingImageFeaturesError, input_text, load_task
 from mtllora.models import ModelConfig
+from mtllora.train import AdapterTrainer
 
 from ..conftest import make_config, randomize_adapters
 from ..test_train import ENV, REPO, cli
@@ -61,6 +65,9 @@ def test_shrunken_image_text_run_scores_every_task(synthetic, tmp_path):
         [
             "experiment=image_text_ci",
             "method=mtl_lora",
+            "benchmark.task_batches=true",
+            "trainer.max_steps=-1",
+            "trainer.num_train_epochs=1",
             f"benchmark.data_dir={synthetic}",
             f"model.name_or_path={synthetic / 'm'}",
             f"paths.runs_dir={tmp_path / 'runs'}",
@@ -69,7 +76,12 @@ def test_shrunken_image_text_run_scores_every_task(synthetic, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((tmp_path / "runs").rglob("metrics.json")).parent
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["task_order"] == list(TASKS) and metrics["train"]["steps"] == 3
+    # One epoch of one-task batches: per-device 8 → vqa 8, gqa 13, nlvr 2, caption 6 examples a batch.
+    sizes = {"vqa": 8, "gqa": 13, "nlvr": 2, "caption": 6}
+    counts = {task: len(load_task(task, OFFICIAL_SPLITS[task]["train"], synthetic).records) for task in TASKS}
+    steps = sum(-(-counts[task] // sizes[task]) for task in TASKS)
+    assert steps != -(-sum(counts.values()) // 8)  # mixed batches would take another number of steps
+    assert metrics["task_order"] == list(TASKS) and metrics["train"]["steps"] == steps
     assert metrics["config"]["method"]["adapter"]["num_tasks"] == 4
     assert set(metrics["tasks"]["caption"]) == {"CIDEr", "BLEU-4"}
     for task in ("vqa", "gqa", "nlvr"):
@@ -113,3 +125,76 @@ def test_missing_features_and_data_are_named_up_front(synthetic, tmp_path):
         ImageTextBenchmark(None)
     with pytest.raises(ValueError, match=r"tasks must be distinct names from \['vqa', 'gqa', 'nlvr', 'caption'\]"):
         ImageTextBenchmark(synthetic, tasks=["vqa", "okvqa"], features=["features.h5"])
+
+
+def _bench(synthetic: Path, **overrides) -> ImageTextBenchmark:
+    return ImageTextBenchmark(synthetic, features=["features.h5"], n_boxes=None, **overrides)
+
+
+def _loader_batches(synthetic: Path, tmp_path: Path, workers: int, epoch: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The batches of one epoch of the Trainer's training loader (task batches, per-device batch 6)."""
+    bench = _bench(synthetic, task_batches=True, max_train_samples=7)
+    model, tokenizer = bench.build_model(ModelConfig(name="tiny", name_or_path=str(synthetic / "m")))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=6,
+        dataloader_num_workers=workers, remove_unused_columns=False,
+    )  # fmt: skip
+    trainer = AdapterTrainer(
+        model=model, args=args, train_dataset=bench.train_dataset(tokenizer), data_collator=bench.collator(tokenizer),
+        benchmark=bench,
+    )  # fmt: skip
+    loader = trainer.get_train_dataloader()
+    loader.set_epoch(epoch)  # as the Trainer does every epoch
+    return list(loader)
+
+
+def test_training_loader_yields_one_task_batches_of_the_official_sizes(synthetic, tmp_path):
+    batches = _loader_batches(synthetic, tmp_path, workers=0)
+    sizes = {}
+    for batch in batches:
+        assert len(set(batch["task_ids"].tolist())) == 1
+        sizes.setdefault(int(batch["task_ids"][0]), []).append(len(batch["task_ids"]))
+    # 7 training records per task (max_train_samples); per-device 6 → vqa 6, gqa 10, nlvr 2, caption 5.
+    assert sizes == {0: [6, 1], 1: [7], 2: [2, 2, 2, 1], 3: [5, 2]}
+    order = [int(b["task_ids"][0]) for b in batches]
+    assert order != sorted(order)
+    assert order != [int(b["task_ids"][0]) for b in _loader_batches(synthetic, tmp_path, workers=0, epoch=1)]
+
+
+def test_worker_processes_yield_the_same_batches(synthetic, tmp_path):
+    """Features are read from HDF5 in the workers (each opens its own file; the parent's handle is open at fork)."""
+    in_process, in_workers = (_loader_batches(synthetic, tmp_path, workers=n) for n in (0, 2))
+    assert len(in_process) == len(in_workers) == 9
+    for a, b in zip(in_process, in_workers, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Mixed batches through a plain DataLoader, as the Trainer's default path builds them.
+    bench = _bench(synthetic)
+    tokenizer = AutoTokenizer.from_pretrained(synthetic / "m")
+    dataset, collator = bench.train_dataset(tokenizer), bench.collator(tokenizer)
+    plain, forked = ([*DataLoader(dataset, batch_size=5, collate_fn=collator, num_workers=n)] for n in (0, 2))
+    assert len(plain) == len(forked) == 8
+    for a, b in zip(plain, forked, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_collator_pickles_without_open_files(synthetic):
+    """A worker started by spawn or forkserver gets a pickled copy, which opens its own HDF5 files."""
+    bench = _bench(synthetic)
+    tokenizer = AutoTokenizer.from_pretrained(synthetic / "m")
+    dataset, collator = bench.train_dataset(tokenizer), bench.collator(tokenizer)
+    examples = [dataset[i] for i in range(4)]
+    expected = collator(examples)  # the features' file is open now
+    copy = pickle.loads(pickle.dumps(collator))
+    assert all(torch.equal(expected[k], v) for k, v in copy(examples).items())
+
+
+def test_per_task_lengths_cut_training_and_evaluation_inputs_alike(synthetic):
+    tokenizer = AutoTokenizer.from_pretrained(synthetic / "m")
+    bench = _bench(synthetic, max_text_length={"vqa": 4, "gqa": None, "nlvr": None, "caption": 40}, max_target_length=2)
+    vqa, gqa = (bench.records(task, "test", None, seed=0)[0] for task in ("vqa", "gqa"))
+    ids = bench._encode(tokenizer, vqa)
+    assert len(ids) == 4 and ids == [*tokenizer(input_text(vqa))["input_ids"][:3], tokenizer.eos_token_id]
+    assert bench._eval_text(tokenizer, vqa) == tokenizer.decode(ids, skip_special_tokens=True) != input_text(vqa)
+    assert bench._eval_text(tokenizer, gqa) == input_text(gqa)  # no limit: the text as it is
+    labels = bench.train_dataset(tokenizer)["labels"]
+    assert max(len(label) for label in labels) == 2

@@ -12,8 +12,10 @@ BLEU-4. The average is the VL-Adapter/DoRA tables' mean of VQAv2, GQA, NLVR2 and
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
+from torch.utils.data import Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer
 
 from ..metrics import caption_metrics, exact_match_accuracy, vqa_accuracy, vqa_score_accuracy
@@ -29,10 +32,13 @@ from ..vl_bart import VLBartForConditionalGeneration
 from .base import Benchmark, mix_tasks
 from .generation import generate_image_text, pad_visual_tokens, write_jsonl
 from .image_text_data import (
+    EXPECTED_LAYOUT,
     OFFICIAL_SPLITS,
     TASKS,
     ImageFeatures,
     ImageTextRecord,
+    annotation_file,
+    image_text_root,
     input_text,
     load_task,
     official_feature_paths,
@@ -40,17 +46,26 @@ from .image_text_data import (
 )
 
 SCORE_KEYS = {"vqa": "accuracy", "gqa": "accuracy", "nlvr": "accuracy", "caption": "CIDEr"}
+# multitask.py derives each task's batch from --batch_size: GQA int(B * 100 / 60), NLVR2 int(B * 20 / 60), caption
+# int(B * 50 / 60), VQA B.
+OFFICIAL_TASK_BATCH_SCALE = {"vqa": "1", "gqa": "100/60", "nlvr": "20/60", "caption": "50/60"}
+# A per-task setting: one value for every task or {task: value}.
+PerTask = int | None | Mapping[str, int | None]
 
 
 class ImageTextBenchmark(Benchmark):
     """VQAv2, GQA, NLVR2 and COCO Caption trained jointly on VL-BART; task i of `tasks` has task id i (official
     order vqa 0, gqa 1, nlvr 2, caption 3).
 
-    `data_dir`: a VL-T5 `datasets/` folder. `features`: {task: feature files or folders} or one list for every task;
-    null takes the official CLIP-RN101 layout under data_dir (`official_feature_paths`). `n_boxes` pools a larger
-    grid to that many regions (VL-Adapter's 7×7 → 36); `zero_boxes` feeds zero boxes, as the official CLIP-feature
-    runs do. `trainable`: regexes of base parameters trained with the adapters (the recipe's `--unfreeze_bias
-    --unfreeze_layer_norms` and the visual embedding)."""
+    `data_dir`: a VL-T5 `datasets/` folder, or a data root holding one as `image_text/`. `features`: {task: feature
+    files or folders} or one list for every task; null takes the official CLIP-RN101 layout under data_dir
+    (`official_feature_paths`). `n_boxes` pools a larger grid to that many regions (VL-Adapter's 7×7 → 36);
+    `zero_boxes` feeds zero boxes, as the official CLIP-feature runs do. `trainable`: regexes of base parameters
+    trained with the adapters (the recipe's `--unfreeze_bias --unfreeze_layer_norms` and the visual embedding).
+    `max_text_length`, `max_target_length` (tokens, special tokens included; None: no limit) and `max_new_tokens`
+    are one value or {task: value}. `task_batches`: every training batch holds one task, of
+    floor(per-device batch × `task_batch_scale[task]`) examples (`train_batch_sampler`), as the official
+    multitask loader; false: mixed batches of the Trainer's size."""
 
     def __init__(
         self,
@@ -63,59 +78,115 @@ class ImageTextBenchmark(Benchmark):
         n_boxes: int | None = 36,
         zero_boxes: bool = True,
         use_task_prompts: bool = True,
-        max_text_length: int = 40,
-        max_target_length: int = 40,
+        max_text_length: PerTask = 40,
+        max_target_length: PerTask = 40,
         trainable: Sequence[str] = (r"visual_embedding", r"\.bias$", r"layer_?norm"),
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         eval_batch_size: int = 64,
-        max_new_tokens: int = 20,
-        num_beams: int = 5,
+        max_new_tokens: PerTask = 20,
+        num_beams: int = 1,
         vqa_evaluator: str = "vl-t5",
+        task_batches: bool = False,
+        task_batch_scale: Mapping[str, int | float | str] | None = None,
         seed: int = 0,
     ) -> None:
         if data_dir is None:
             raise ValueError(
-                "image_text needs a VL-T5 datasets/ folder (benchmark.data_dir): the real data (README, Image-text) or "
-                "the synthetic set of scripts/make-synthetic-image-text.py"
+                "image_text needs a VL-T5 datasets/ folder (benchmark.data_dir): the real data (README, Image-text), "
+                "given as benchmark.data_dir or MTLLORA_DATA_DIR (a root holding image_text/, or that folder), or the "
+                "synthetic set of scripts/make-synthetic-image-text.py"
             )
         self.name = name
         self.tasks = list(tasks)
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be distinct names from {list(TASKS)}, got {list(tasks)}")
-        self.data_dir = Path(data_dir)
+        self.data_dir = image_text_root(data_dir)
         self.splits = {task: {**OFFICIAL_SPLITS[task], **dict((splits or {}).get(task, {}))} for task in self.tasks}
         if eval_split not in ("validation", "test"):
             raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
         self.eval_split = eval_split
-        self.features = self._feature_sources(features, n_boxes)
+        self.feature_paths = self._feature_paths(features)
+        self.n_boxes = n_boxes
+        self._features: dict[str, ImageFeatures] | None = None
         self.zero_boxes = zero_boxes
         self.use_task_prompts = use_task_prompts
-        self.max_text_length = max_text_length
-        self.max_target_length = max_target_length
+        self.max_text_length = self._per_task(max_text_length, "max_text_length")
+        self.max_target_length = self._per_task(max_target_length, "max_target_length")
         self._trainable = list(trainable)
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.eval_batch_size = eval_batch_size
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = self._per_task(max_new_tokens, "max_new_tokens")
+        if any(n is None or n < 1 for n in self.max_new_tokens.values()):
+            raise ValueError(f"benchmark.max_new_tokens must be >= 1 for every task, got {self.max_new_tokens}")
         self.num_beams = num_beams
         self.vqa_evaluator = vqa_evaluator
+        self.task_batches = task_batches
+        scale = self._per_task(task_batch_scale or OFFICIAL_TASK_BATCH_SCALE, "task_batch_scale")
+        self.task_batch_scale = {task: _fraction(value, f"task_batch_scale.{task}") for task, value in scale.items()}
         self.seed = seed
 
-    def _feature_sources(self, features: Any, n_boxes: int | None) -> dict[str, ImageFeatures]:
-        """One feature store per task: the configured paths (relative ones under data_dir) or the official ones."""
-        stores = {}
+    def _per_task(self, value: Any, name: str) -> dict[str, Any]:
+        """Returns {task: value} of a setting given once for every task or per task (for every task of the run;
+        other known tasks may be there too)."""
+        if not isinstance(value, Mapping):
+            return dict.fromkeys(self.tasks, value)
+        missing, unknown = [t for t in self.tasks if t not in value], [t for t in value if t not in TASKS]
+        if missing or unknown:
+            raise ValueError(
+                f"benchmark.{name} must give one value or one per task of {self.tasks}; missing {missing}, "
+                f"unknown {unknown} in {dict(value)}"
+            )
+        return {task: value[task] for task in self.tasks}
+
+    def _read_splits(self, task: str) -> list[str]:
+        """Returns the single splits (comma-joined ones taken apart) of `task` that a run reads: train and eval."""
+        joined = ",".join(self.splits[task][split] for split in ("train", self.eval_split))
+        return list(dict.fromkeys(part.strip() for part in joined.split(",")))
+
+    def _feature_paths(self, features: Any) -> dict[str, list[Path]]:
+        """Each task's feature sources: the configured paths (relative ones under data_dir) or the official ones
+        of the splits the run reads."""
+        sources = {}
         for task in self.tasks:
             if features is None:
-                splits = ",".join(self.splits[task].values())
-                paths: Sequence[Any] = official_feature_paths(task, splits, self.data_dir)
+                paths: Sequence[Any] = official_feature_paths(task, ",".join(self._read_splits(task)), self.data_dir)
             else:
                 paths = features.get(task, ()) if isinstance(features, Mapping) else features
                 if not paths:
                     raise ValueError(f"benchmark.features names no feature file for task {task!r}")
-            stores[task] = ImageFeatures([self.data_dir / p for p in paths], n_boxes=n_boxes)
-        return stores
+            sources[task] = [self.data_dir / p for p in paths]
+        return sources
+
+    @property
+    def features(self) -> dict[str, ImageFeatures]:
+        """One feature store per task, opened on first use (after `check_inputs` has named anything missing)."""
+        if self._features is None:
+            self._features = {
+                task: ImageFeatures(paths, n_boxes=self.n_boxes) for task, paths in self.feature_paths.items()
+            }
+        return self._features
+
+    def check_inputs(self) -> None:
+        """Raises one FileNotFoundError listing every annotation file and feature file or folder that the run's
+        tasks and splits (train and eval) need and data_dir lacks, with the expected layout."""
+        needed = [
+            path
+            for task in self.tasks
+            for path in (
+                *(annotation_file(task, split, self.data_dir) for split in self._read_splits(task)),
+                *self.feature_paths[task],
+            )
+        ]
+        missing = [str(path) for path in dict.fromkeys(needed) if not path.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"image_text: data_dir {self.data_dir} lacks {len(missing)} file(s) or folder(s) of tasks "
+                f"{self.tasks}: {', '.join(missing)}. Expected a VL-T5 datasets/ folder (or a data "
+                f"root holding it as image_text/): {EXPECTED_LAYOUT}"
+            )
 
     @property
     def trainable(self) -> list[str]:
@@ -134,9 +205,19 @@ class ImageTextBenchmark(Benchmark):
         return records
 
     def _encode(self, tokenizer: PreTrainedTokenizerBase, record: ImageTextRecord) -> list[int]:
-        return tokenizer(input_text(record, self.use_task_prompts), truncation=True, max_length=self.max_text_length)[
-            "input_ids"
-        ]
+        """Returns a record's input ids, cut to its task's `max_text_length` (None: whole)."""
+        limit = self.max_text_length[record.task]
+        text = input_text(record, self.use_task_prompts)
+        return tokenizer(text, truncation=limit is not None, max_length=limit)["input_ids"]
+
+    def _eval_text(self, tokenizer: PreTrainedTokenizerBase, record: ImageTextRecord) -> str:
+        """Returns a record's input text as training feeds it: a text longer than its task's `max_text_length` is
+        cut to the decoded first tokens (generation tokenises text itself); shorter texts stay as they are."""
+        text = input_text(record, self.use_task_prompts)
+        ids = self._encode(tokenizer, record)
+        if len(ids) < len(tokenizer(text)["input_ids"]):
+            return tokenizer.decode(ids, skip_special_tokens=True)
+        return text
 
     def train_dataset(self, tokenizer: PreTrainedTokenizerBase) -> Dataset:
         per_task = []
@@ -147,7 +228,9 @@ class ImageTextBenchmark(Benchmark):
                 {
                     "input_ids": self._encode(tokenizer, record),
                     "labels": tokenizer(
-                        text_target=sample_target(record, rng), truncation=True, max_length=self.max_target_length
+                        text_target=sample_target(record, rng),
+                        truncation=self.max_target_length[task] is not None,
+                        max_length=self.max_target_length[task],
                     )["input_ids"],
                     "task_ids": task_id,
                     "image_ids": list(record.image_ids),
@@ -156,6 +239,23 @@ class ImageTextBenchmark(Benchmark):
             ]
             per_task.append(Dataset.from_list(rows))
         return mix_tasks(per_task, seed=self.seed)
+
+    def train_batch_sampler(
+        self, dataset: Dataset, batch_size: int, world_size: int, rank: int, seed: int
+    ) -> TaskBatchSampler | None:
+        """With `task_batches`, one-task batches of floor(`batch_size` × `task_batch_scale[task]`) examples each
+        (the official multitask loader's --batch_size rule), this rank's share; else None (mixed batches)."""
+        if not self.task_batches:
+            return None
+        sizes = {}
+        for task_id, task in enumerate(self.tasks):
+            sizes[task_id] = math.floor(batch_size * self.task_batch_scale[task])
+            if sizes[task_id] < 1:
+                raise ValueError(
+                    f"task batch of {task} is floor({batch_size} × {self.task_batch_scale[task]}) = 0 examples; raise "
+                    f"the per-device batch or benchmark.task_batch_scale.{task}"
+                )
+        return TaskBatchSampler(dataset["task_ids"], sizes, world_size=world_size, rank=rank, seed=seed)
 
     def visual_inputs(self, task: str, image_ids: Sequence[str]) -> dict[str, torch.Tensor]:
         """Returns one example's visual tokens: vis_feats [V, D], vis_pos [V, 4] and img_order_ids [V] (the images'
@@ -179,38 +279,39 @@ class ImageTextBenchmark(Benchmark):
         return model, AutoTokenizer.from_pretrained(model_cfg.name_or_path)
 
     def evaluate(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict[str, float]]:
-        items = [
-            (task, record)
-            for task in self.tasks
-            for record in self.records(task, self.eval_split, self.max_eval_samples, seed=0)
-        ]
-        visual = [self.visual_inputs(task, record.image_ids) for task, record in items]
         ds_config = trainer.args.hf_deepspeed_config.config if trainer.is_deepspeed_enabled else {}
-        answers = iter(
-            generate_image_text(
-                trainer.model,
-                tokenizer,
-                [input_text(record, self.use_task_prompts) for _, record in items],
-                [v["vis_feats"] for v in visual],
-                [v["vis_pos"] for v in visual],
-                [self.tasks.index(task) for task, _ in items],
-                img_order_ids=[v["img_order_ids"] for v in visual],
-                batch_size=self.eval_batch_size,
-                max_new_tokens=self.max_new_tokens,
-                num_beams=self.num_beams,
-                synced_gpus=ds_config.get("zero_optimization", {}).get("stage") == 3,
-                desc=f"{self.name} eval",
+        records = {task: self.records(task, self.eval_split, self.max_eval_samples, seed=0) for task in self.tasks}
+        answers: dict[str, list[str]] = {}
+        # One generation pass per answer length (the official caption length differs from the questions').
+        for max_new_tokens in dict.fromkeys(self.max_new_tokens.values()):
+            items = [(t, r) for t in self.tasks if self.max_new_tokens[t] == max_new_tokens for r in records[t]]
+            visual = [self.visual_inputs(task, record.image_ids) for task, record in items]
+            generated = iter(
+                generate_image_text(
+                    trainer.model,
+                    tokenizer,
+                    [self._eval_text(tokenizer, record) for _, record in items],
+                    [v["vis_feats"] for v in visual],
+                    [v["vis_pos"] for v in visual],
+                    [self.tasks.index(task) for task, _ in items],
+                    img_order_ids=[v["img_order_ids"] for v in visual],
+                    batch_size=self.eval_batch_size,
+                    max_new_tokens=max_new_tokens,
+                    num_beams=self.num_beams,
+                    synced_gpus=ds_config.get("zero_optimization", {}).get("stage") == 3,
+                    desc=f"{self.name} eval",
+                )
             )
-        )
+            for task, _ in items:
+                answers.setdefault(task, []).append(next(generated).strip())
         results = {}
         for task in self.tasks:
-            records = [record for t, record in items if t == task]
-            predictions = [next(answers).strip() for _ in records]
-            results[task] = self.score(task, predictions, records)
+            predictions = answers.get(task, [])
+            results[task] = self.score(task, predictions, records[task])
             if trainer.is_world_process_zero():
                 rows = [
                     {"id": r.example_id, "images": list(r.image_ids), "input": input_text(r), "prediction": p}
-                    for r, p in zip(records, predictions, strict=True)
+                    for r, p in zip(records[task], predictions, strict=True)
                 ]
                 write_jsonl(Path(trainer.args.output_dir) / "predictions" / f"{task}.jsonl", rows)
         return results
@@ -262,3 +363,60 @@ class _ImageTextCollator:
 def _pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     longest = max(len(s) for s in sequences)
     return torch.tensor([list(s) + [value] * (longest - len(s)) for s in sequences])
+
+
+def _fraction(value: int | float | str, name: str) -> Fraction:
+    """Returns a batch scale given as a number or an exact ratio string ("100/60"), checked to be positive."""
+    try:
+        fraction = Fraction(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"benchmark.{name} must be a number or a ratio like '100/60', got {value!r}") from None
+    if fraction <= 0:
+        raise ValueError(f"benchmark.{name} must be positive, got {value!r}")
+    return fraction
+
+
+class TaskBatchSampler(Sampler[list[int]]):
+    """Batches of training-set indices that each hold ONE task, as the official multitask loader builds them, for
+    one rank of `world_size`.
+
+    Every epoch (`set_epoch`, which the Trainer calls) task t's examples are shuffled, cut to a multiple of
+    `world_size` (dropping at most world_size - 1, a different few each epoch; none on one device) and dealt out,
+    rank r taking every world_size-th; its share is cut into batches of `batch_sizes[t]` (the last one smaller).
+    The order of the batches' tasks is shuffled too. Both draws depend on (seed, epoch) only, so every rank holds
+    the same number of batches, works on the same task at every step, and the ranks' examples are disjoint."""
+
+    def __init__(
+        self, task_ids: Sequence[int], batch_sizes: Mapping[int, int], world_size: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        task_ids = np.asarray(task_ids)
+        unknown = sorted(set(np.unique(task_ids).tolist()) - set(batch_sizes))
+        if unknown:
+            raise ValueError(f"task ids {unknown} of the training set have no batch size in {dict(batch_sizes)}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of world_size {world_size} ranks")
+        self.indices = {t: np.flatnonzero(task_ids == t) for t in sorted(batch_sizes)}
+        self.batch_sizes = dict(batch_sizes)
+        self.world_size, self.rank, self.seed = world_size, rank, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose shuffle `__iter__` yields."""
+        self.epoch = epoch
+
+    def _per_rank(self, task_id: int) -> int:
+        return len(self.indices[task_id]) // self.world_size
+
+    def __len__(self) -> int:
+        return sum(math.ceil(self._per_rank(t) / self.batch_sizes[t]) for t in self.indices)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = {}
+        for task_id, indices in self.indices.items():
+            share = rng.permutation(indices)[: self._per_rank(task_id) * self.world_size][self.rank :: self.world_size]
+            size = self.batch_sizes[task_id]
+            batches[task_id] = iter([share[i : i + size].tolist() for i in range(0, len(share), size)])
+        order = [t for t in self.indices for _ in range(math.ceil(self._per_rank(t) / self.batch_sizes[t]))]
+        for task_id in rng.permutation(order):
+            yield next(batches[task_id])

@@ -415,21 +415,45 @@ def load_task(task: str, split: str, data_dir: str | os.PathLike[str]) -> Loaded
     return merged
 
 
+# The files `load_task` and `official_feature_paths` read, for error messages.
+EXPECTED_LAYOUT = (
+    "vqa/<split>.json (karpathy_train, karpathy_val, karpathy_test), GQA/<split>.json (train, valid, testdev), "
+    "nlvr/<split>.json (train, valid, test), COCO/dataset_coco.json, optionally vqa/ and GQA/trainval_ans2label.json "
+    "and vqa/v2_mscoco_<train|val>2014_annotations.json; features (default) "
+    "<COCO|VG|GQA|nlvr>/clip_features/data_clip_RN101_att/<img_id>.h5, or the files benchmark.features names"
+)
+
+
+def image_text_root(data_dir: str | os.PathLike[str]) -> Path:
+    """Returns the VL-T5 `datasets/` folder: `data_dir/image_text` when it exists (a data root such as
+    MTLLORA_DATA_DIR), else `data_dir` itself."""
+    data_dir = Path(data_dir)
+    return data_dir / "image_text" if (data_dir / "image_text").is_dir() else data_dir
+
+
+def annotation_file(task: str, split: str, data_dir: str | os.PathLike[str]) -> Path:
+    """Returns the annotation file of one (single) split of a task in a VL-T5 `datasets/` folder."""
+    _check_task(task)
+    folder = {"vqa": "vqa", "gqa": "GQA", "nlvr": "nlvr"}.get(task)
+    return Path(data_dir) / (f"{folder}/{split}.json" if folder else "COCO/dataset_coco.json")
+
+
 def _load_one(task: str, split: str, data_dir: Path) -> LoadedSplit:
     """Returns one split of one task from the VL-T5 layout."""
+    path = annotation_file(task, split, data_dir)
     if task == "vqa":
         vocab_file = data_dir / "vqa" / "trainval_ans2label.json"
         annotation_files = sorted((data_dir / "vqa").glob("v2_mscoco_*_annotations.json"))
         annotations = load_vqa_annotations(annotation_files) if annotation_files else None
         vocab = load_answer_vocab(vocab_file) if vocab_file.is_file() else None
-        return load_vqa(data_dir / "vqa" / f"{split}.json", vocab, annotations, split=split)
+        return load_vqa(path, vocab, annotations, split=split)
     if task == "gqa":
         vocab_file = data_dir / "GQA" / "trainval_ans2label.json"
         vocab = load_answer_vocab(vocab_file) if vocab_file.is_file() else None
-        return load_gqa(data_dir / "GQA" / f"{split}.json", vocab, split=split)
+        return load_gqa(path, vocab, split=split)
     if task == "nlvr":
-        return load_nlvr2(data_dir / "nlvr" / f"{split}.json", split=split)
-    return load_coco_captions(data_dir / "COCO" / "dataset_coco.json", split)
+        return load_nlvr2(path, split=split)
+    return load_coco_captions(path, split)
 
 
 def official_feature_paths(
@@ -601,6 +625,14 @@ class ImageFeatures:
         if first_id is None:
             raise ValueError(f"feature file {source} holds no images")
         return int(handle[first_id]["features"].shape[-1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without the open HDF5 handles (a DataLoader worker started by spawn or forkserver gets a copy and
+        opens its own files; h5py handles cannot be pickled)."""
+        return {**self.__dict__, "_files": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _pid=os.getpid())
 
     def close(self) -> None:
         """Closes the open files (they reopen on the next read)."""
