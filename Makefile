@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Offline CPU defaults for the targets that run here (tests, CPU profiles, the bench, tables); override on the
 # command line (`make test HF_HUB_OFFLINE=0`). The paper profiles (reproduce-glue) get none of them: they use the
 # real accelerator and the Hugging Face hub, or a complete local copy named by MTLLORA_DATA_DIR.
-CPU_TARGETS := test bench tables reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu reproduce-commonsense-cpu reproduce-image-text-cpu
+CPU_TARGETS := test bench tables rehearse reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu reproduce-commonsense-cpu reproduce-image-text-cpu
 $(CPU_TARGETS): export HF_HUB_OFFLINE ?= 1
 $(CPU_TARGETS): export HF_DATASETS_OFFLINE ?= 1
 $(CPU_TARGETS): export WANDB_MODE ?= offline
@@ -19,7 +19,7 @@ ifneq ($(SHARED_DATA),)
 $(CPU_TARGETS): export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install test lint format bench tables reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export clean
+.PHONY: install test lint format bench tables plan rehearse reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export clean
 
 install: $(STAMP)
 
@@ -45,6 +45,16 @@ bench: install
 
 tables: install
 	$(PY) -m mtllora.tables
+
+# What a run will cost before it runs (data, memory per GPU, hours; the preflight first), e.g.
+# make plan ARGS='experiment=commonsense method=mtl_lora --gpu h100 --utilization 0.4'
+plan: install
+	$(PY) -m mtllora.plan $(ARGS)
+
+# Every paper profile through its reproduce script with tiny stand-in models and data, 2 DeepSpeed ranks, 2 steps,
+# into a scratch folder (REHEARSE_DIR; never results/): what would break on the GPUs breaks here (CI runs it).
+rehearse: install
+	bash scripts/rehearse.sh
 
 # Hydra overrides for every run of a profile: make reproduce-commonsense ARGS='benchmark.train_file=... logger=wandb'
 reproduce-glue: install

