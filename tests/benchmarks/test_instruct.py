@@ -161,7 +161,8 @@ def test_own_data_example_trains_and_evaluates_from_the_command_line(tiny_llama_
     assert metrics["task_order"] == ["topic", "sentiment"] and metrics["train"]["steps"] == 4
     assert metrics["config"]["method"]["adapter"]["num_tasks"] is None  # filled in from the data: 2 tasks
     predictions = [json.loads(line) for line in (run_dir / "predictions" / "topic.jsonl").read_text().splitlines()]
-    assert len(predictions) == 16 and set(predictions[0]) == {"index", "label", "response", "prediction", "correct"}
+    assert len(predictions) == 16
+    assert set(predictions[0]) == {"index", "prompt", "label", "response", "prediction", "correct"}
     accuracy = sum(p["correct"] for p in predictions) / 16
     assert metrics["tasks"]["topic"]["accuracy"] == accuracy
     assert metrics["average"] == pytest.approx(50 * sum(m["accuracy"] for m in metrics["tasks"].values()))

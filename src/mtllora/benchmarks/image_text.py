@@ -310,7 +310,13 @@ class ImageTextBenchmark(Benchmark):
             results[task] = self.score(task, predictions, records[task])
             if trainer.is_world_process_zero():
                 rows = [
-                    {"id": r.example_id, "images": list(r.image_ids), "input": input_text(r), "prediction": p}
+                    {
+                        "id": r.example_id,
+                        "images": list(r.image_ids),
+                        "input": input_text(r),
+                        "prediction": p,
+                        "label": list(r.references) if r.task == "caption" else r.answer,
+                    }
                     for r, p in zip(records[task], predictions, strict=True)
                 ]
                 write_jsonl(Path(trainer.args.output_dir) / "predictions" / f"{task}.jsonl", rows)

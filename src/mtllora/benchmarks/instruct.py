@@ -298,7 +298,12 @@ class InstructBenchmark(Benchmark):
         results = {}
         for task in self.tasks:
             rows = [
-                {"index": index, "label": record.get("answer", record["output"]), **next(answered)}
+                {
+                    "index": index,
+                    "prompt": self.prompt(record),
+                    "label": record.get("answer", record["output"]),
+                    **next(answered),
+                }
                 for index, record in enumerate(records[task])
             ]
             results[task] = self.score(task, rows)
