@@ -17,12 +17,14 @@ from mtllora.tables import (
     AVERAGE,
     Difference,
     TablesError,
+    _run_blocks,
     benchmark_average,
     build_tables,
     difference_sentence,
     format_params,
     load_runs,
     main,
+    sweep_lines,
 )
 
 REPO_PAPER = Path(__file__).resolve().parents[1] / "results" / "paper"
@@ -728,3 +730,88 @@ def test_a_variant_with_old_and_new_seeds_keeps_the_new_ones(tmp_path):
 def test_latex_writes_the_missing_cell_as_a_dash(parsers_built):
     tex = (parsers_built / "commonsense.tex").read_text()
     assert "DoRA & 1 & --- & --- & --- & 0.12M (0.54\\%) \\\\" in tex
+
+
+# --- sweeps: runs that differ by overrides naming their directory are rows of their own ---------------------------
+
+
+def write_sweep_run(root: Path, method: str, label: str, seed: int, lr: float, suffix: str, offset: float) -> None:
+    """A run of `-m ... trainer.learning_rate=<lr>` as the engine names and records it: the override in its run name
+    (and directory) when `suffix` is set, its value in the config; every metric offset, +0.02 per seed."""
+    name = f"glue-{method}-minilm-l6-s{seed}{suffix}"
+    d = offset + 0.02 * seed if method == "lora" else offset + 0.03 * seed
+    tasks = glue_tasks(0.40 + d, (0.80 + d, 0.86 + d), (0.70 + d, 0.72 + d))
+    config = {"run_name": name, "trainer": {"learning_rate": lr, "max_steps": 400}, "method": {"label": label}}
+    write_run(root, f"glue_cpu/{name}", method, label, seed, tasks, config=config)
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    for seed in (1, 2):
+        write_sweep_run(root, "lora", "LoRA", seed, 0.001, "", 0.0)  # the profile's own learning rate
+        write_sweep_run(root, "lora", "LoRA", seed, 0.002, ",trainer.learning_rate=0.002", 0.10)
+        write_sweep_run(root, "lora", "LoRA", seed, 5e-5, ",trainer.learning_rate=5e-05", -0.10)
+        write_sweep_run(root, "mtl_lora", "MTL-LoRA", seed, 0.001, "", 0.02)
+    return root
+
+
+def test_a_learning_rate_sweep_gives_a_row_per_value(sweep_dir, tmp_path):
+    build_tables(sweep_dir, tmp_path, tmp_path / "no_paper", x="trainer.learning_rate")
+    markdown = (tmp_path / "glue.md").read_text()
+    # Scores ×100 of seeds 1 and 2: CoLA 40+x / 42+x, MRPC 83+x / 85+x, STS-B 71+x / 73+x, Avg their mean; LoRA
+    # x = 2·seed − 2 + 10·offset; MTL-LoRA +3 per seed. Rows of one variant in the order of their values (5e-05 first,
+    # not where its text sorts), the unswept row first.
+    assert section(markdown, "glue_cpu · minilm-l6") == [
+        "| Method | seeds | CoLA | MRPC | STS-B | Avg | #Params |",
+        "|:--|--:|--:|--:|--:|--:|--:|",
+        "| LoRA | 2 | 43.00 ± 1.41 | 86.00 ± 1.41 | 74.00 ± 1.41 | 67.67 ± 1.41 | 0.12M (0.54%) |",
+        "| LoRA, trainer.learning_rate=5e-05 | 2 | 33.00 ± 1.41 | 76.00 ± 1.41 | 64.00 ± 1.41 | 57.67 ± 1.41 "
+        "| 0.12M (0.54%) |",
+        "| LoRA, trainer.learning_rate=0.002 | 2 | 53.00 ± 1.41 | 96.00 ± 1.41 | 84.00 ± 1.41 | 77.67 ± 1.41 "
+        "| 0.12M (0.54%) |",
+        "| MTL-LoRA | 2 | 46.50 ± 2.12 | 89.50 ± 2.12 | 77.50 ± 2.12 | 71.17 ± 2.12 | 0.12M (0.54%) |",
+        # ... metric table, then the paired difference of the unswept rows only: Avg +3.5 and +4.5 per seed.
+        "| Method | MRPC acc | MRPC F1 | STS-B Pearson | STS-B Spearman |",
+        "|:--|--:|--:|--:|--:|",
+        "| LoRA | 83.00 ± 1.41 | 89.00 ± 1.41 | 73.00 ± 1.41 | 75.00 ± 1.41 |",
+        "| LoRA, trainer.learning_rate=5e-05 | 73.00 ± 1.41 | 79.00 ± 1.41 | 63.00 ± 1.41 | 65.00 ± 1.41 |",
+        "| LoRA, trainer.learning_rate=0.002 | 93.00 ± 1.41 | 99.00 ± 1.41 | 83.00 ± 1.41 | 85.00 ± 1.41 |",
+        "| MTL-LoRA | 86.50 ± 2.12 | 92.50 ± 2.12 | 76.50 ± 2.12 | 78.50 ± 2.12 |",
+        "| Difference | n | CoLA | MRPC | STS-B | Avg |",
+        "|:--|--:|--:|--:|--:|--:|",
+        "| MTL-LoRA − LoRA | 2 | +3.50 ± 0.50 | +3.50 ± 0.50 | +3.50 ± 0.50 | +3.50 ± 0.50 |",
+    ]
+    labels = [row["label"] for row in csv.DictReader(io.StringIO((tmp_path / "glue.csv").read_text()))]
+    assert labels[:3] == ["LoRA", "LoRA, trainer.learning_rate=5e-05", "LoRA, trainer.learning_rate=0.002"]
+    png = (tmp_path / "glue_by_trainer.learning_rate.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_the_swept_value_on_the_x_axis(sweep_dir):
+    (block,) = _run_blocks(load_runs(sweep_dir))
+    lines = sweep_lines(block, "trainer.learning_rate")
+    # One line per variant: LoRA's unswept row sits at the config's own learning rate, between the swept ones.
+    points = {label: [(x, row.stats[AVERAGE]) for x, row in rows] for label, rows in lines.items()}
+    assert points.keys() == {"LoRA", "MTL-LoRA"}
+    assert [x for x, _ in points["LoRA"]] == [5e-5, 0.001, 0.002]
+    assert [round(mean, 4) for _, (mean, _) in points["LoRA"]] == [57.6667, 67.6667, 77.6667]
+    assert [(x, round(mean, 4), round(std, 4)) for x, (mean, std) in points["MTL-LoRA"]] == [(0.001, 71.1667, 2.1213)]
+
+
+def test_x_axis_errors_and_shared_overrides(sweep_dir, tmp_path, capsys):
+    with pytest.raises(
+        SystemExit, match=r"--x trainer\.lr: no run .* keys swept in these runs .*: trainer\.learning_rate"
+    ):
+        main(["--runs", str(sweep_dir), "--out", str(tmp_path / "a"), "--x", "trainer.lr"])
+    # A sweep whose runs all share an override: the block says it once, the rows keep their labels and differences.
+    shared = tmp_path / "shared"
+    for method, label in (("lora", "LoRA"), ("mtl_lora", "MTL-LoRA")):
+        for seed in (1, 2):
+            write_sweep_run(shared, method, label, seed, 0.002, ",trainer.learning_rate=0.002", 0.0)
+    main(["--runs", str(shared), "--out", str(tmp_path / "b"), "--x", "trainer.learning_rate"])
+    assert f"wrote {tmp_path / 'b' / 'glue_by_trainer.learning_rate.png'}" in capsys.readouterr().out
+    markdown = (tmp_path / "b" / "glue.md").read_text()
+    assert "\nEvery row: trainer.learning_rate=0.002 (overrides that name the run directories).\n" in markdown
+    assert [line.split(" | ")[0] for line in section(markdown, "glue_cpu · minilm-l6")[2:4]] == ["| LoRA", "| MTL-LoRA"]
+    assert "| MTL-LoRA − LoRA | 2 |" in markdown

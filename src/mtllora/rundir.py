@@ -27,6 +27,7 @@ RESULT_NEUTRAL_KEYS = (
     "paths.",
     "logger",
     "hydra.",
+    "hparams_search",  # picks the sweeper; each trial's own overrides name its directory
     "run_name",
     "model.name_or_path",
     "benchmark.data_dir",
@@ -61,6 +62,27 @@ def run_suffix(overrides: list[str]) -> str:
             continue
         kept.append(re.sub(r"[/\\:\s]", "_", override.lstrip("+~")))
     return "".join("," + item for item in sorted(kept))
+
+
+def suffix_overrides(run_name: str) -> list[str]:
+    """Returns the overrides `run_suffix` appended to a run name, e.g. ["trainer.learning_rate=0.001"] for
+    `glue-lora-minilm-l6-s1,trainer.learning_rate=0.001`; [] for a name without any. A comma inside brackets,
+    braces or quotes (`benchmark.tasks=[cola,rte]`) belongs to its value."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(run_name):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(run_name[start:i])
+            start = i + 1
+    items.append(run_name[start:])
+    return items[1:]  # the first item is the name itself
 
 
 def hydra_run_suffix() -> str:

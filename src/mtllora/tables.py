@@ -20,6 +20,16 @@ difference, its standard error (sample std of the differences / √n) and n, and
 difference exceeds twice its standard error. In the csv these rows have kind `paired_diff`, and their `<key>_std`
 columns hold that standard error (kind `score` rows: the sample std over seeds).
 
+Sweeps: runs that differ by overrides that name their run directory (`mtllora.rundir.run_suffix`, read back from the
+`run_name` in their config, e.g. `glue-lora-minilm-l6-s1,trainer.learning_rate=0.002`) are rows of their own,
+labelled by those overrides with their values in the run's config (`LoRA, trainer.learning_rate=0.002`); the rows of
+one override set group their seeds as usual. Overrides that every run of a block shares are said once in the block's
+note instead (so `-m method=lora,mtl_lora trainer.max_steps=2` keeps the labels LoRA and MTL-LoRA and their paired
+difference). `method.label` and `benchmark.tasks` are left out of the label (the row's label and its columns show
+them; single-task runs still combine). `--x KEY` also writes
+`<benchmark>_by_<KEY>.png`: per block, Avg (mean ± std over seeds) against each row's config value of KEY, one line
+per variant and setting of the other overrides.
+
 Answer parsers (commonsense): a run whose config has `benchmark.mode` records each task's accuracy under both official
 parsers (`accuracy_official`: mlora_evaluate.py, `accuracy_strict`: lora_evaluate.py) from the same generations. Its
 block shows the headline (`mode`) scores and is followed by views of the same runs: "paper's evaluators" (each method
@@ -47,6 +57,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
+
+from .rundir import suffix_overrides
 
 DEFAULT_RUNS = Path("results/runs")
 DEFAULT_OUT = Path("results/tables")
@@ -90,6 +102,8 @@ AVERAGE = "average"  # key of the Avg column among the task keys
 RUNS_SOURCE = "runs"  # `Block.source` of blocks built from our own runs
 MNLI_PARTS = ("mnli_m", "mnli_mm")  # one task in the GLUE average, as in `mtllora.metrics.glue_average`
 SINGLE_TASK_LABEL = "LoRA (single-task)"
+# Directory-naming overrides left out of a sweep row's label: the row's label and its columns already show them.
+SHOWN_KEYS = ("method.label", "benchmark.tasks")
 # The seed-paired differences under each block of our runs, as (first, second) row labels: first − second, for every
 # block that has a row of each. The headline pair first: MTL-LoRA against LoRA at MTL-LoRA's parameter count (r=16);
 # then against the r=8 LoRA the paper compares with and the other baselines; then what each multi-task variant gains
@@ -158,6 +172,15 @@ class Run:
     parser: str | None = None
     parser_scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     view: str = ""  # the parser view this run was derived for ("" for a run as recorded)
+    # The overrides that name its directory besides the run name's own parts, as (key, value shown), e.g.
+    # (("trainer.learning_rate", "0.002"),): a sweep's run; () for a run of the config as it stands.
+    setting: tuple[tuple[str, str], ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)  # the run's stored config ({} when it has none)
+
+    @property
+    def variant(self) -> str:
+        """The label of the run's row: its label, then its setting (`LoRA, trainer.learning_rate=0.002`)."""
+        return ", ".join([self.label, *(f"{key}={value}" for key, value in self.setting)])
 
 
 @dataclass(frozen=True)
@@ -226,7 +249,8 @@ def load_run(path: Path) -> Run:
         data = json.loads(path.read_text())
         task_order = tuple(_get(data, path, "task_order"))
         task_scores = {task: float(_get(data, path, "task_scores", task)) for task in task_order}
-        parser = (data.get("config") or {}).get("benchmark", {}).get("mode")
+        config = data.get("config") or {}
+        parser = config.get("benchmark", {}).get("mode")
         return Run(
             path=path,
             benchmark=str(_get(data, path, "benchmark")),
@@ -243,9 +267,44 @@ def load_run(path: Path) -> Run:
             total=int(_get(data, path, "params", "total")),
             parser=parser if parser in PARSER_SCRIPTS else None,
             parser_scores=_parser_scores(data, path, parser, task_scores) if parser in PARSER_SCRIPTS else {},
+            setting=run_setting(config),
+            config=config,
         )
     except (ValueError, TypeError, AttributeError) as err:  # bad JSON or a value of the wrong type
         raise TablesError(f"{path}: {err}") from None
+
+
+_ABSENT = object()
+
+
+def config_value(config: Mapping[str, Any], key: str) -> Any:
+    """Returns the value at dotted `key` of a stored config, or `_ABSENT`."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def run_setting(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Returns (key, value shown) for each override named in the config's `run_name` (`suffix_overrides`) but not
+    in `SHOWN_KEYS`: the value the config holds, or the name's own text where the config lacks the key (a `~key`
+    deletion)."""
+    run_name = config.get("run_name")
+    setting = []
+    for item in suffix_overrides(run_name) if isinstance(run_name, str) else []:
+        key, _, text = item.partition("=")
+        if key not in SHOWN_KEYS:
+            value = config_value(config, key)
+            setting.append((key, text if value is _ABSENT else _format_value(value)))
+    return tuple(setting)
 
 
 def _parser_scores(
@@ -288,7 +347,7 @@ def combine_runs(runs: Sequence[Run]) -> Run:
         shared = [task for task in first.task_order if task in second.task_order]
         if shared:
             raise TablesError(
-                f"{first.path} and {second.path} both record {first.label} seed {first.seed} "
+                f"{first.path} and {second.path} both record {first.variant} seed {first.seed} "
                 f"(both have {', '.join(shared)}); remove one: runs of one variant and seed are combined only when "
                 "their tasks are disjoint (single-task runs)"
             )
@@ -307,6 +366,8 @@ def combine_runs(runs: Sequence[Run]) -> Run:
         method=runs[0].method,
         label=runs[0].label,
         seed=runs[0].seed,
+        setting=runs[0].setting,
+        config=runs[0].config,
         task_order=order,
         metrics={task: owner[task].metrics[task] for task in order},
         task_scores=task_scores,
@@ -335,7 +396,8 @@ def load_runs(runs_dir: Path) -> list[Run]:
         raise TablesError(f"no runs to tabulate: no metrics.json under {runs_dir}/ (train some runs first)")
     groups: dict[tuple, list[Run]] = {}
     for run in map(load_run, paths):
-        groups.setdefault((run.benchmark, run.profile, run.model, run.method, run.label, run.seed), []).append(run)
+        key = (run.benchmark, run.profile, run.model, run.method, run.label, run.setting, run.seed)
+        groups.setdefault(key, []).append(run)
     return [combine_runs(group) for group in groups.values()]
 
 
@@ -351,6 +413,18 @@ def _format_mean_std(mean: float, std: float | None) -> str:
 def _variant_order(method: str, label: str) -> tuple[int, str]:
     rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
     return rank, label
+
+
+def _setting_order(setting: Sequence[tuple[str, str]]) -> tuple:
+    """Sorts a sweep's rows by their values, numbers as numbers (5e-4 before 0.001)."""
+
+    def rank(text: str) -> tuple[int, float, str]:
+        try:
+            return 0, float(text), ""
+        except ValueError:
+            return 1, 0.0, text
+
+    return tuple((key, rank(value)) for key, value in setting)
 
 
 def _run_value(run: Run, key: str, columns: Sequence[str]) -> float | None:
@@ -427,13 +501,22 @@ def difference_sentence(diff: Difference) -> str:
     return f"{head}: {mean:+.2f} ± {se:.2f} (SE, {n} paired seeds): {verdict}."
 
 
+def _run_order(run: Run) -> tuple:
+    return run.profile, run.model, *_variant_order(run.method, run.label), _setting_order(run.setting), run.seed
+
+
 def _run_blocks(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = DIFF_PAIRS) -> list[Block]:
     groups: dict[tuple[str, str, str], list[Run]] = {}
-    for run in sorted(runs, key=lambda r: (r.profile, r.model, *_variant_order(r.method, r.label), r.seed)):
+    for run in sorted(runs, key=_run_order):
         groups.setdefault((run.profile, run.model, run.view), []).append(run)
     blocks = []
     parser_metrics = {f"accuracy_{parser}" for parser in PARSER_SCRIPTS}  # shown in the parser views instead
     for (profile, model, view), group in groups.items():
+        # Overrides every run of the block shares are the block's setting, not a row's: said once in its note,
+        # so that the rows keep their plain labels (and their paired differences).
+        common = set.intersection(*(set(run.setting) for run in group))
+        shared = ", ".join(f"{key}={value}" for key, value in group[0].setting if (key, value) in common)
+        group = [replace(run, setting=tuple(item for item in run.setting if item not in common)) for run in group]
         columns = _unique(task for run in group for task in run.task_order)
         metric_columns = []
         for task in columns:
@@ -448,7 +531,7 @@ def _run_blocks(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = DIFF_PAI
                 metric_columns += [f"{task}.{name}" for name in names]
         variants: dict[tuple[str, str], list[Run]] = {}
         for run in group:
-            variants.setdefault((run.method, run.label), []).append(run)
+            variants.setdefault((run.method, run.variant), []).append(run)
         rows = [_run_row(method, label, members, columns) for (method, label), members in variants.items()]
         title = f"{profile} · {model}" + (f" · {view}" if view else "")
         differences = []
@@ -461,6 +544,8 @@ def _run_blocks(runs: Sequence[Run], pairs: Sequence[tuple[str, str]] = DIFF_PAI
             if all(matches):
                 differences.append(paired_difference(matches[0][0], matches[1][0], columns))
         note = "" if view else _headline_parser_note(group)
+        if shared:
+            note = " ".join(filter(None, [f"Every row: {shared} (overrides that name the run directories).", note]))
         blocks.append(
             Block(title, RUNS_SOURCE, profile, model, note, columns, metric_columns, rows, tuple(differences), view)
         )
@@ -475,7 +560,7 @@ def _headline_parser_note(runs: Sequence[Run]) -> str:
     if len(parsers) == 1:
         parser = parsers.pop()
         return f"Answers parsed by the {parser} parser ({PARSER_SCRIPTS[parser]}) for every row."
-    by_label = ", ".join(_unique(f"{run.label}: {run.parser}" for run in runs))
+    by_label = ", ".join(_unique(f"{run.variant}: {run.parser}" for run in runs))
     return f"Answers parsed by different parsers (benchmark.mode): {by_label}; see the one-parser views below."
 
 
@@ -516,7 +601,7 @@ def with_parser_views(blocks: Sequence[Block], pairs: Sequence[tuple[str, str]] 
             missing = {}
             for run, got in zip(runs, derived, strict=True):
                 if got is None:
-                    missing.setdefault((run.method, run.label), []).append(run)
+                    missing.setdefault((run.method, run.variant), []).append(run)
             rows = list(view_block.rows)
             for (method, label), lacking in missing.items():
                 parser = parser_of(lacking[0])
@@ -797,15 +882,81 @@ def render_plot(blocks: Sequence[Block], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def sweep_lines(block: Block, key: str) -> dict[str, list[tuple[Any, Row]]]:
+    """{line label: [(config value of `key`, row), ...] in the order of the values} for the rows of a block of runs
+    that have an Avg and whose config has `key`: one line per variant and setting of the other overrides. Raises
+    TablesError for a row whose seeds disagree on `key` (a key that does not name the run directory, e.g. seed)."""
+    lines: dict[str, list[tuple[Any, Row]]] = {}
+    for row in block.rows:
+        if not row.runs or AVERAGE not in row.stats or config_value(row.runs[0].config, key) is _ABSENT:
+            continue
+        values = {json.dumps(config_value(run.config, key), default=str) for run in row.runs}
+        if len(values) > 1:
+            raise TablesError(f"{block.title}: the runs of row {row.label!r} have different {key} ({sorted(values)})")
+        first = row.runs[0]
+        other = ", ".join([first.label, *(f"{k}={v}" for k, v in first.setting if k != key)])
+        lines.setdefault(other, []).append((config_value(first.config, key), row))
+    for points in lines.values():
+        numeric = all(map(_is_number, (value for value, _ in points)))
+        points.sort(key=lambda point: point[0] if numeric else _format_value(point[0]))
+    return lines
+
+
+def render_sweep_plot(blocks: Sequence[Block], key: str, path: Path) -> bool:
+    """Writes a PNG of Avg against the config value of `key` to `path`: per block of runs, one line per variant
+    (and setting of the other overrides), mean ± std over seeds; a numeric key on a numeric axis (logarithmic when
+    its values span a factor of 10 or more), any other in sorted order. Returns False, writing nothing, when no row
+    has `key` in its config."""
+    run_blocks = [block for block in blocks if block.source == RUNS_SOURCE and not block.view]
+    plotted = [(block, lines) for block in run_blocks if (lines := sweep_lines(block, key))]
+    if not plotted:
+        return False
+    fig = Figure(figsize=(7.5, 3.4 * len(plotted)), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, (block, lines) in zip(fig.subplots(len(plotted), 1, squeeze=False)[:, 0], plotted, strict=True):
+        values = [value for points in lines.values() for value, _ in points]
+        numeric = all(map(_is_number, values))
+        categories = sorted({_format_value(v) for v in values})
+        for i, (label, points) in enumerate(lines.items()):
+            means, stds = zip(*(row.stats[AVERAGE] for _, row in points), strict=True)
+            ax.errorbar(
+                [v if numeric else categories.index(_format_value(v)) for v, _ in points],
+                means,
+                yerr=[math.nan if std is None else std for std in stds],
+                marker="o",
+                capsize=3,
+                color=f"C{i % 10}",
+                label=label,
+            )
+        if numeric and min(values) > 0 and max(values) >= 10 * min(values):
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlabel(key)
+        ax.set_ylabel("Avg (×100), mean ± std over seeds")
+        ax.set_title(block.title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.savefig(path, dpi=120)
+    return True
+
+
 def build_tables(
     runs_dir: Path = DEFAULT_RUNS,
     out_dir: Path = DEFAULT_OUT,
     paper_dir: Path = DEFAULT_PAPER,
     pairs: Sequence[tuple[str, str]] = DIFF_PAIRS,
+    x: str | None = None,
 ) -> list[Path]:
     """Writes <out_dir>/<benchmark>.md, .csv, .tex and .png for every benchmark found under `runs_dir` and returns
     the written paths. Reference blocks come from <paper_dir>/<benchmark>.yaml when that file exists; `pairs` are
-    the (first, second) row labels whose seed-paired differences each block of runs shows."""
+    the (first, second) row labels whose seed-paired differences each block of runs shows. With `x` (a dotted config
+    key), also <benchmark>_by_<x>.png (`render_sweep_plot`) for each benchmark whose runs have that key; raises
+    TablesError when none has it, naming the keys these runs were swept over."""
     runs = load_runs(runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -826,6 +977,14 @@ def build_tables(
             written.append(path)
         render_plot(blocks, out_dir / f"{benchmark}.png")
         written.append(out_dir / f"{benchmark}.png")
+        if x is not None and render_sweep_plot(blocks, x, out_dir / f"{benchmark}_by_{x}.png"):
+            written.append(out_dir / f"{benchmark}_by_{x}.png")
+    if x is not None and not any(path.name.endswith(f"_by_{x}.png") for path in written):
+        swept = sorted({key for run in runs for key, _ in run.setting}) or ["none"]
+        raise TablesError(
+            f"--x {x}: no run under {runs_dir} with an Avg has {x!r} in its config; keys swept in these runs (run "
+            f"directory overrides): {', '.join(swept)}"
+        )
     return written
 
 
@@ -836,13 +995,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="searched recursively for metrics.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the tables are written")
     parser.add_argument("--paper", type=Path, default=DEFAULT_PAPER, help="reference numbers, <benchmark>.yaml")
+    parser.add_argument(
+        "--wandb", action="store_true", help='also log the tables and plots to W&B, a "tables" run per group of runs'
+    )
+    parser.add_argument(
+        "--x", metavar="KEY", help="also plot Avg against this config key, e.g. trainer.learning_rate (sweeps)"
+    )
     args = parser.parse_args(argv)
     try:
-        written = build_tables(args.runs, args.out, args.paper)
+        written = build_tables(args.runs, args.out, args.paper, x=args.x)
     except TablesError as err:
         raise SystemExit(f"mtllora.tables: {err}") from None
     for path in written:
         print(f"wrote {path}")
+    if args.wandb:
+        from .wandb_log import log_tables
+
+        for group in log_tables(written, RUNS_SOURCE, DIFF_KIND):
+            print(f"logged the tables of W&B group {group}")
 
 
 if __name__ == "__main__":
