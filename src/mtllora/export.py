@@ -27,7 +27,7 @@ import torch
 
 from .adapters import adapter_layers, adapter_state_dict, get_adapter_config, merge_task
 from .adapters.convert import save_peft
-from .runs import TrainedRun, load_run
+from .runs import TrainedRun, load_run, parse_args_with_overrides
 
 FORMATS = ("peft", "peft-per-task", "merged")
 EXPORT_INFO_FILE = "mtllora_export.json"
@@ -151,8 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--task", help="the task to export (merged: required for per-task runs)")
     parser.add_argument("--base-model", help="the base model's path or hub id (model.name_or_path)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run's stored config")
-    args = parser.parse_args(argv)
+    args = parse_args_with_overrides(parser, argv)
     overrides = [*args.overrides, *([f"model.name_or_path={args.base_model}"] if args.base_model else [])]
     try:
         folders = export(args.source, args.fmt, args.out, args.task, overrides, args.overwrite)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .benchmarks.instruct import RecordError, read_json_records
-from .runs import TrainedRun, load_run
+from .runs import TrainedRun, load_run, parse_args_with_overrides
 
 
 def predict(run: TrainedRun, task: str, input_path: str | Path) -> list[dict[str, Any]]:
@@ -38,8 +38,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--task", required=True, help="the task whose head / task id to use")
     parser.add_argument("--input", required=True, help="JSON Lines (or a JSON list) of input records")
     parser.add_argument("--output", help="the JSON Lines file to write (default: stdout)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run's stored config")
-    args = parser.parse_args(argv)
+    args = parse_args_with_overrides(parser, argv)
     try:
         rows = predict(load_run(args.run_dir, args.overrides), args.task, args.input)
     except (ValueError, FileNotFoundError, RecordError) as err:

@@ -8,6 +8,7 @@ differs on this machine. An `adapter.safetensors` file alone loads onto a causal
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,18 @@ class TrainedRun:
         if self.benchmark is None:
             return same_model_layout(self.model, "AutoModelForCausalLM", "CAUSAL_LM")
         return self.benchmark.export_layout(self.model, task_id)
+
+
+def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parses `argv` with `parser` plus an `overrides` positional: the run config's `key=value` overrides, which
+    may stand anywhere on the command line (as Hydra's do, also after an option's value); any other leftover is
+    argparse's usual usage error."""
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run's stored config, anywhere")
+    args = parser.parse_intermixed_args(argv)
+    bad = [item for item in args.overrides if not item.partition("=")[0] or "=" not in item]
+    if bad:
+        parser.error(f"unrecognized arguments (not key=value overrides): {' '.join(bad)}")
+    return args
 
 
 def load_run(source: str | Path, overrides: Sequence[str] = (), device: str | None = None) -> TrainedRun:

@@ -8,6 +8,7 @@ of the `deepspeed` group); this file only wires configs to objects and writes th
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import json
 import os
@@ -18,12 +19,13 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+import transformers
 from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import DeepSpeedSchedulerWrapper
 from hydra.errors import InstantiationException
@@ -34,6 +36,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer import SCHEDULER_NAME
 
+from . import wandb_log
 from .adapters import (
     AdapterConfig,
     adapter_layers,
@@ -108,12 +111,23 @@ class AdapterTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.benchmark = benchmark
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """HF's training, then the log history (losses, learning rates, evaluations) kept in the run directory as
+        `trainer_state.json` (main process), whatever the logger."""
+        output = super().train(*args, **kwargs)
+        self.save_state()
+        return output
+
     def get_train_dataloader(self) -> DataLoader:
         batch_sampler = None
         if self.benchmark is not None and self.train_dataset is not None:
             args = self.args
             batch_sampler = self.benchmark.train_batch_sampler(
-                self.train_dataset, args.per_device_train_batch_size, args.world_size, args.process_index, args.seed
+                self.train_dataset,
+                args.per_device_train_batch_size,
+                args.world_size,
+                args.process_index,
+                args.seed if args.data_seed is None else args.data_seed,  # as HF's own sampler
             )
         if batch_sampler is None:
             return super().get_train_dataloader()
@@ -234,15 +248,6 @@ def resolve_precision(requested: bool | str) -> tuple[bool, str]:
     return bool(requested), "bf16" if requested else "fp32"
 
 
-# transformers renamed `gradient_checkpointing` to `activation_checkpointing` (5.2x; the old name is a deprecated
-# alias there): use whichever the installed version has, so the engine runs on the GPU machines' 5.17 as well.
-_CHECKPOINTING_ARGUMENT = (
-    "activation_checkpointing"
-    if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
-    else "gradient_checkpointing"
-)
-
-
 def _set_single_process_env() -> None:
     """DeepSpeed wants the torch.distributed variables even for one process; set them unless a launcher did."""
     if "RANK" in os.environ:
@@ -294,46 +299,100 @@ def batch_layout(t: DictConfig, world_size: int) -> tuple[int, int]:
     return batch_split(t.global_train_batch_size, world_size, t.per_device_train_batch_size)
 
 
+# trainer.* keys the engine reads itself (configs/trainer/default.yaml): the project's own, and two HF names with the
+# project's meaning (bf16: auto; save_steps: 0 = no checkpoints). Every other key goes to TrainingArguments as it is.
+PROJECT_TRAINER_KEYS = frozenset(
+    {"global_train_batch_size", "warmup_ratio", "resume", "callbacks", "bf16", "save_steps"}
+)
+# TrainingArguments fields the engine sets itself, with what sets them: a `trainer.<name>` for one is an error.
+ENGINE_TRAINING_ARGUMENTS = {
+    "output_dir": "paths.output_dir (configs/paths/default.yaml; the run directory)",
+    "seed": "seed (configs/train.yaml)",
+    "deepspeed": "the deepspeed group (configs/deepspeed/, e.g. deepspeed=zero2)",
+    "report_to": "the logger group (configs/logger/, e.g. logger=wandb)",
+    "project": "logger.project (configs/logger/wandb.yaml)",
+    "run_name": "run_name (configs/train.yaml)",
+    "use_cpu": "the engine: CPU exactly when no CUDA device is visible (CUDA_VISIBLE_DEVICES= for CPU)",
+    "remove_unused_columns": "the engine: task ids and labels must reach the model",
+    "average_tokens_across_devices": "the engine: per-sample losses, averaged honestly across ranks",
+    "warmup_steps": "trainer.warmup_ratio (configs/trainer/default.yaml; below 1 a fraction of the run, else steps)",
+    "save_strategy": "trainer.save_steps (configs/trainer/default.yaml; 0: no checkpoints)",
+    "resume_from_checkpoint": "trainer.resume (configs/trainer/default.yaml; the last complete checkpoint)",
+    "activation_checkpointing": "trainer.gradient_checkpointing (configs/trainer/default.yaml, on every transformers)",
+    "activation_checkpointing_kwargs": "trainer.gradient_checkpointing_kwargs (on every transformers version)",
+    "local_rank": "the launcher (deepspeed, torchrun)",
+    "do_train": "the method (configs/method/; the Trainer itself never reads do_train)",
+    "do_eval": "the benchmark, which evaluates every run (the Trainer itself never reads do_eval)",
+    "do_predict": "the benchmark, which evaluates every run (the Trainer itself never reads do_predict)",
+}
+
+
+def _training_argument_names() -> set[str]:
+    """The installed transformers' TrainingArguments fields (they differ between versions)."""
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init and not f.name.startswith("_")}
+
+
+# transformers renamed `gradient_checkpointing(_kwargs)` to `activation_checkpointing(_kwargs)` (5.2x; the old names
+# are deprecated aliases there): the trainer group keeps the old names, given to the installed version as it names them.
+_CHECKPOINTING_RENAMES = (
+    {
+        "gradient_checkpointing": "activation_checkpointing",
+        "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+    }
+    if "activation_checkpointing" in _training_argument_names()
+    else {}
+)
+
+
+def passed_training_arguments(t: DictConfig) -> dict[str, Any]:
+    """Returns the `trainer` group's keys that go to TrainingArguments as they are (the run_glue.py convention:
+    every field is settable as `trainer.<name>`); raises for a key that is neither a field nor the project's,
+    naming the closest names, and for a field the engine sets, naming what sets it."""
+    fields = _training_argument_names()
+    passed = {}
+    for key, value in OmegaConf.to_container(t, resolve=True).items():
+        if key in ENGINE_TRAINING_ARGUMENTS:
+            raise ValueError(f"trainer.{key} is set by {ENGINE_TRAINING_ARGUMENTS[key]}, not by the trainer group")
+        if key in PROJECT_TRAINER_KEYS:
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields | PROJECT_TRAINER_KEYS), n=3)
+            raise ValueError(
+                f"trainer.{key} is not a transformers {transformers.__version__} TrainingArguments field nor a key "
+                f"of configs/trainer/default.yaml" + (f"; did you mean {', '.join(close)}?" if close else "")
+            )
+        passed[key] = value
+    return passed
+
+
 def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> TrainingArguments:
-    """Returns HF TrainingArguments from the `trainer`, `deepspeed` and `logger` groups, with the per-device batch
-    and accumulation that give `trainer.global_train_batch_size` on this launch's number of devices."""
+    """Returns HF TrainingArguments from the `trainer`, `deepspeed` and `logger` groups: every `trainer` key that
+    is a TrainingArguments field as it is, with the per-device batch and accumulation steps split from
+    `trainer.global_train_batch_size` when it is set, and `bf16` as resolved for this device."""
     t = cfg.trainer
+    passed = passed_training_arguments(t)
     ds_config = OmegaConf.to_container(cfg.deepspeed.config, resolve=True) if cfg.deepspeed.config else None
     if ds_config is not None:
         _set_single_process_env()
     world_size = _world_size()
-    per_device, accumulation = batch_layout(t, world_size)
+    passed["per_device_train_batch_size"], passed["gradient_accumulation_steps"] = batch_layout(t, world_size)
+    passed = {_CHECKPOINTING_RENAMES.get(key, key): value for key, value in passed.items()}
     args = TrainingArguments(
+        **passed,
         output_dir=str(output_dir),
         seed=cfg.seed,
-        learning_rate=t.learning_rate,
         warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        lr_scheduler_type=t.lr_scheduler_type,
-        optim=t.optim,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=accumulation,
-        **{_CHECKPOINTING_ARGUMENT: t.gradient_checkpointing},
         bf16=bf16,
-        logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
-        dataloader_num_workers=t.dataloader_num_workers,
-        train_sampling_strategy=t.train_sampling_strategy,
         deepspeed=ds_config,
         use_cpu=not torch.cuda.is_available(),
         # Task ids and labels must reach the model; the model's forward takes exactly the batch's columns.
         remove_unused_columns=False,
         # Honest loss across ranks for per-sample losses (HF would otherwise scale it by the number of ranks).
         average_tokens_across_devices=False,
-        report_to=["wandb"] if cfg.logger.name == "wandb" else [],
+        report_to=[],  # logger=wandb logs through mtllora.wandb_log (HF's callback would rewrite the W&B config)
         run_name=cfg.run_name,
-        disable_tqdm=False,
     )
     if args.world_size != world_size:  # e.g. an MPI launch: the split above would miss the stated global batch
         raise ValueError(
@@ -341,29 +400,6 @@ def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> Trainin
             f"{args.world_size}; launch with deepspeed, torchrun or accelerate launch, which set WORLD_SIZE"
         )
     return args
-
-
-def _init_wandb(cfg: DictConfig, config: dict[str, Any], output_dir: Path) -> None:
-    """Starts the W&B run (offline unless an API key is configured) with the portable resolved config."""
-    import wandb
-
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _netrc_text()
-    os.environ.setdefault("WANDB_MODE", "online" if has_key else "offline")
-    os.environ.setdefault("WANDB_DIR", str(output_dir))
-    wandb.init(
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        group=cfg.logger.group,
-        name=cfg.run_name,
-        tags=list(cfg.logger.tags),
-        config=config,
-        dir=str(output_dir),
-    )
-
-
-def _netrc_text() -> str:
-    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return path.read_text() if path.exists() else ""
 
 
 def instantiate_node(node: DictConfig) -> Any:
@@ -439,6 +475,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         claim_run_dir(output_dir, portable_config(cfg), resume=True, write=False)  # raises for another configuration
         print(f"[mtllora] {output_dir} is complete ({METRICS_FILE}): nothing to resume")
         return json.loads((output_dir / METRICS_FILE).read_text())
+    passed_training_arguments(cfg.trainer)  # a bad trainer.* key fails before the model loads
     set_seed(cfg.seed)
     benchmark: Benchmark = instantiate_node(cfg.benchmark)
     benchmark.check_inputs()
@@ -457,10 +494,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     args = training_arguments(cfg, output_dir, bf16)
     config = portable_config(cfg)
     claim_run_dir(output_dir, config, cfg.trainer.resume, write=args.process_index == 0)
-    if cfg.logger.name == "wandb" and args.process_index == 0:
-        _init_wandb(cfg, config, output_dir)
-    callbacks = [instantiate_node(c) for c in cfg.trainer.callbacks]
     trains = adapter_config is not None
+    callbacks = [instantiate_node(c) for c in cfg.trainer.callbacks]
+    logs_to_wandb = cfg.logger.name == "wandb" and args.process_index == 0
+    if logs_to_wandb:
+        wandb_log.start_run(cfg, config, output_dir, job_type="train" if trains else "eval")
+        callbacks.append(wandb_log.WandbHistory())
     trainer = AdapterTrainer(
         model=model,
         args=args,
@@ -524,16 +563,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         tmp.replace(output_dir / METRICS_FILE)
         print(f"[mtllora] {benchmark.name} {cfg.method.label}: average {metrics['average']:.2f} -> {output_dir}")
-        if cfg.logger.name == "wandb":
-            import wandb
-
-            wandb.summary.update({"average": metrics["average"], **_flat_metrics(results)})
-            wandb.finish()
+        if logs_to_wandb:
+            adapter = output_dir / ADAPTER_FILE if trains else None
+            wandb_log.finish_run(metrics, adapter, output_dir / "predictions", cfg.logger.predictions_sample)
     return metrics
-
-
-def _flat_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    return {f"eval/{task}/{name}": value for task, metrics in results.items() for name, value in metrics.items()}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -54,6 +54,13 @@ def _rank_batches(lengths: Sequence[int], batch_size: int, synced_gpus: bool) ->
     return batches, real
 
 
+def _show_batch_tasks(bar: tqdm, task_ids: Sequence[int] | None, batch: Sequence[int]) -> None:
+    """Names the task ids of the batch being generated beside the bar (tasks share batches, longest prompts first)."""
+    if task_ids is not None:
+        ids = sorted({int(task_ids[i]) for i in batch})
+        bar.set_postfix_str(f"task{'s' if len(ids) > 1 else ''} {','.join(map(str, ids))}", refresh=False)
+
+
 def _gather_outputs(outputs: dict[int, str], count: int) -> list[str]:
     """Returns the `count` outputs in input order, after gathering every rank's share."""
     _, world = _rank_and_world()
@@ -96,7 +103,9 @@ def generate(
     model.eval()
     outputs: dict[int, str] = {}
     try:
-        for index, batch in enumerate(tqdm(batches, desc=desc, disable=rank != 0 or not batches)):
+        bar = tqdm(batches, desc=desc, disable=rank != 0 or not batches)
+        for index, batch in enumerate(bar):
+            _show_batch_tasks(bar, task_ids, batch)
             encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)
             ids = None if task_ids is None else [int(task_ids[i]) for i in batch]
             with _task_context(model, ids):
@@ -178,7 +187,9 @@ def generate_image_text(
     model.eval()
     outputs: dict[int, str] = {}
     try:
-        for index, batch in enumerate(tqdm(batches, desc=desc, disable=rank != 0 or not batches)):
+        bar = tqdm(batches, desc=desc, disable=rank != 0 or not batches)
+        for index, batch in enumerate(bar):
+            _show_batch_tasks(bar, task_ids, batch)
             if task_ids is not None:
                 batch = sorted(batch, key=lambda i: int(task_ids[i]))  # stable: runs of one task (MTL-LoRA)
             encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)

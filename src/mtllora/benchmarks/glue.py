@@ -4,6 +4,7 @@ jointly."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from transformers import (
     DataCollatorWithPadding,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProgressCallback,
     Trainer,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -35,6 +37,16 @@ HEADS = ("linear", "mlp")
 LOSS_BALANCES = ("none", "task_mean")
 # Evaluation subsets are drawn with a fixed seed so that every run (method, seed) is scored on the same rows.
 EVAL_SUBSAMPLE_SEED = 0
+
+
+def _name_prediction_bar(trainer: Trainer, rows: int, name: str) -> None:
+    """Opens HF's next prediction progress bar under `name` (HF's own carries none, so five tasks' bars look the
+    same): its ProgressCallback updates a bar it finds open, and closes it when the prediction ends."""
+    progress = next((c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)), None)
+    if progress is None or not trainer.is_world_process_zero() or progress.prediction_bar is not None:
+        return
+    batches = math.ceil(math.ceil(rows / trainer.args.eval_batch_size) / trainer.args.world_size)  # this rank's
+    progress.prediction_bar = tqdm(total=batches, desc=name, leave=progress.training_bar is None, dynamic_ncols=True)
 
 
 class GlueBenchmark(Benchmark):
@@ -156,6 +168,7 @@ class GlueBenchmark(Benchmark):
     def evaluate(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict[str, float]]:
         results = {}
         for key, (task, dataset) in self.eval_datasets(tokenizer).items():
+            _name_prediction_bar(trainer, len(dataset), f"evaluate {key}")
             output = trainer.predict(dataset, metric_key_prefix=key)
             results[key] = glue_metrics(task, task_predictions(task, output.predictions), output.label_ids)
         return results
