@@ -21,6 +21,7 @@ def test_run_suffix_keeps_only_overrides_that_change_results():
         "trainer.learning_rate=1e-3",
         "benchmark.tasks=[cola,rte]",
         "model.name_or_path=models/minilm",
+        "benchmark.cache_dir=/scratch/cache",  # where tokenised data is cached changes nothing
         "paths.runs_dir=elsewhere/runs",
         "trainer.resume=true",
         "logger=wandb",

@@ -31,6 +31,7 @@ RESULT_NEUTRAL_KEYS = (
     "run_name",
     "model.name_or_path",
     "benchmark.data_dir",
+    "benchmark.cache_dir",
     "trainer.resume",
     "trainer.logging_steps",
     "trainer.save_steps",

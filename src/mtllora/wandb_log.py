@@ -114,11 +114,14 @@ def finish_run(
     run = wandb.run
     run.summary.update(summary_metrics(metrics))
     if adapter is not None:
-        name = re.sub(r"[^\w.-]", "_", f"adapter-{metrics['profile']}-{run.name}")
         metadata = {
             key: metrics[key] for key in ("benchmark", "profile", "method", "label", "model", "seed", "average")
         }
-        artifact = wandb.Artifact(name, type="adapter", metadata=metadata)
+        # Named by the run's stable id: run names with their overrides outgrow W&B's 128-character artifact names,
+        # and a resume or rerun adds a version of the same artifact.
+        artifact = wandb.Artifact(
+            f"adapter-{run.id}", type="adapter", description=run.name, metadata={**metadata, "run_name": run.name}
+        )
         artifact.add_file(str(adapter))
         run.log_artifact(artifact)
     table = predictions_table(predictions_dir, metrics["task_order"], predictions_sample)
