@@ -6,6 +6,8 @@
 # `benchmark.train_file=/data/commonsense_170k_taskid.json` or `model=llama3_8b`.
 # Knobs (environment): METHODS, SEEDS, NGPUS, RUNS_DIR (results/runs), TABLES_DIR (results/tables); the rehearsal
 # (make rehearse) sets them.
+# Rerunning continues a stopped profile (trainer.resume=true): finished runs return at once, an interrupted one goes
+# on from its last complete checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -20,7 +22,7 @@ read -r -a seeds <<< "$SEEDS"
 for method in "${methods[@]}"; do
   for seed in "${seeds[@]}"; do
     "$(dirname "$PY")/deepspeed" --num_gpus "$NGPUS" --module mtllora.train experiment=commonsense method=$method \
-      seed=$seed paths.runs_dir="$RUNS_DIR" "$@"
+      seed=$seed paths.runs_dir="$RUNS_DIR" trainer.resume=true "$@"
   done
 done
 "$PY" -m mtllora.tables --runs "$RUNS_DIR" --out "$TABLES_DIR"

@@ -5,6 +5,8 @@
 # when the preflight fails). Extra arguments are Hydra overrides applied to every run.
 # Knobs (environment): METHODS, SEEDS, NGPUS, RUNS_DIR (results/runs), TABLES_DIR (results/tables); the rehearsal
 # (make rehearse) sets them.
+# Rerunning continues a stopped profile (trainer.resume=true): finished runs return at once, an interrupted one goes
+# on from its last complete checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -19,7 +21,7 @@ read -r -a seeds <<< "$SEEDS"
 for method in "${methods[@]}"; do
   for seed in "${seeds[@]}"; do
     "$(dirname "$PY")/deepspeed" --num_gpus "$NGPUS" --module mtllora.train experiment=glue method=$method seed=$seed \
-      paths.runs_dir="$RUNS_DIR" "$@"
+      paths.runs_dir="$RUNS_DIR" trainer.resume=true "$@"
   done
 done
 "$PY" -m mtllora.tables --runs "$RUNS_DIR" --out "$TABLES_DIR"

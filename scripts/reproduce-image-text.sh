@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Image-text, paper profile (experiment=image_text; GPUs, never run on this project's CPU machines): VL-BART on
-# VQAv2, GQA, NLVR2 and COCO Caption, five methods, seed 1, each with its official script's values; runs whose
-# metrics.json exists are skipped; then the tables. Data: a VL-T5 datasets/ folder with the CLIP-RN101 features
-# (README, "Image-text"): MTLLORA_DATA_DIR (a root holding image_text/, or that folder), or benchmark.data_dir=...
+# VQAv2, GQA, NLVR2 and COCO Caption, five methods, seed 1, each with its official script's values, then the tables.
+# Data: a VL-T5 datasets/ folder with the CLIP-RN101 features (README, "Image-text"): MTLLORA_DATA_DIR (a root holding image_text/, or that folder), or benchmark.data_dir=...
 # among the extra Hydra overrides, which apply to every run; every run checks its files before the model loads.
 # Every GPU of this machine through the DeepSpeed launcher (NGPUS= to choose); the global batch stays the recipe's.
+# Rerunning continues a stopped profile (trainer.resume=true): finished runs return at once, an interrupted one goes
+# on from its last complete checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -28,14 +29,10 @@ plan_runs=(); for m in "${methods[@]}"; do plan_runs+=("--run=method=$m ${recipe
 start=$(date +%s)
 for method in "${methods[@]}"; do
   name="image_text-$method-vl-bart-base-s1"
-  if [ -f "$RUNS_DIR/image_text/$name/metrics.json" ]; then
-    echo "[reproduce-image-text] $name: done, skipped"
-    continue
-  fi
   read -r -a extra <<< "${recipe[$method]}"
   echo "[reproduce-image-text] $name: $(date -u +%H:%M:%S) start"
   "$(dirname "$PY")/deepspeed" --num_gpus "$NGPUS" --module mtllora.train experiment=image_text method=$method seed=1 \
-    run_name="$name" paths.runs_dir="$RUNS_DIR" "${extra[@]}" "$@"
+    run_name="$name" paths.runs_dir="$RUNS_DIR" trainer.resume=true "${extra[@]}" "$@"
 done
 "$PY" -m mtllora.tables --runs "$RUNS_DIR" --out "$TABLES_DIR"
 echo "Image-text paper profile finished in $(( ($(date +%s) - start + 59) / 60 )) min. Table: $TABLES_DIR/image_text.md"
