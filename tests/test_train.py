@@ -283,16 +283,27 @@ def test_any_training_argument_changes_the_training_and_the_run_keeps_its_log_hi
 ):
     from safetensors.torch import load_file
 
-    base = overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "method=lora", "trainer.max_steps=4")
+    # The benchmark evaluates every 2 steps too (HF's eval_strategy/eval_steps, new keys as well).
+    evaluation = ["+trainer.eval_strategy=steps", "+trainer.eval_steps=2"]
+    base = overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "method=lora", "trainer.max_steps=4", *evaluation)
+    metrics = {}
     for beta2 in ("0.5", "0.999"):  # not in configs/trainer/default.yaml: a new key, as a sweep adds it
-        run(compose_cfg([*base, f"+trainer.adam_beta2={beta2}"], tmp_path / beta2))
+        metrics[beta2] = run(compose_cfg([*base, f"+trainer.adam_beta2={beta2}"], tmp_path / beta2))
     low, high = (load_file(tmp_path / d / "adapter.safetensors") for d in ("0.5", "0.999"))
     lora = [name for name in low if "lora" in name]
     assert lora and all(not torch.equal(low[name], high[name]) for name in lora)
-    # The loss curve stays in the run directory without any logger (logging_steps=2: steps 2 and 4).
+    # The loss curve stays in the run directory without any logger (logging_steps=2: steps 2 and 4), beside the
+    # evaluation curve, whose last point is the final evaluation (same weights).
     history = json.loads((tmp_path / "0.5" / "trainer_state.json").read_text())["log_history"]
     losses = [entry for entry in history if "loss" in entry]
     assert [entry["step"] for entry in losses] == [2, 4] and all(entry["loss"] > 0 for entry in losses)
+    evaluations = [entry for entry in history if "eval/average" in entry]
+    assert [entry["step"] for entry in evaluations] == [2, 4]
+    final = metrics["0.5"]
+    assert evaluations[-1]["eval/average"] == pytest.approx(final["average"], abs=1e-9)
+    assert evaluations[-1]["eval/cola/matthews_correlation"] == pytest.approx(
+        final["tasks"]["cola"]["matthews_correlation"], abs=1e-9
+    )
 
 
 def test_evaluation_progress_bars_name_their_task(tiny_encoder_dir, tiny_glue_dir, tmp_path, capfd):

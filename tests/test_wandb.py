@@ -233,3 +233,21 @@ def test_make_tables_takes_wandb_1():
 
     assert dry_run("WANDB=1").endswith("-m mtllora.tables --wandb")
     assert dry_run().endswith("-m mtllora.tables")
+
+
+def test_history_takes_training_logs_and_mid_run_evaluations_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from mtllora.wandb_log import WandbHistory
+
+    logged = []
+    monkeypatch.setattr(wandb, "log", logged.append)
+    state = SimpleNamespace(global_step=6)
+    history = WandbHistory()
+    history.on_log(None, state, None, logs={"loss": 0.5, "learning_rate": 1e-3, "epoch": 0.2, "total_flos": 7})
+    history.on_log(None, state, None, logs={"eval/cola/matthews_correlation": 0.1, "eval/average": 40.0, "epoch": 0.2})
+    history.on_log(None, state, None, logs={"train_runtime": 3.0, "epoch": 0.2})  # end-of-training totals: summary
+    assert logged == [
+        {"train/loss": 0.5, "train/learning_rate": 1e-3, "train/epoch": 0.2, STEP_METRIC: 6},
+        {"train/epoch": 0.2, "eval/cola/matthews_correlation": 0.1, "eval/average": 40.0, STEP_METRIC: 6},
+    ]

@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer import SCHEDULER_NAME
 
 from . import wandb_log
@@ -107,9 +107,37 @@ class AdapterTrainer(Trainer):
     it has them (`Benchmark.train_batch_sampler`, e.g. one task per batch).
     """
 
-    def __init__(self, *args: Any, benchmark: Benchmark | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        *args: Any,
+        benchmark: Benchmark | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # HF refuses evaluation during training without an eval_dataset; the benchmark is the evaluation here.
+        evaluates = kwargs["args"].eval_strategy != "no" and benchmark is not None
+        super().__init__(*args, eval_dataset=benchmark if evaluates else None, **kwargs)
         self.benchmark = benchmark
+        self.evaluation_tokenizer = tokenizer
+        self.last_evaluation: tuple[int, dict[str, float]] | None = None  # (step, metrics)
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Evaluation during training (`trainer.eval_strategy=steps` with `trainer.eval_steps=N`, or `epoch`): the
+        benchmark's own evaluation, logged as `eval/<task>/<metric>` and `eval/average` (history, trainer_state.json,
+        W&B) on every rank, as HF's evaluation loop would. Once per step: when training stops mid-epoch on an
+        evaluation step, HF asks again at the epoch's end."""
+        if self.last_evaluation is not None and self.last_evaluation[0] == self.state.global_step:
+            return self.last_evaluation[1]
+        results = self.benchmark.evaluate(self, self.evaluation_tokenizer)
+        metrics = {}
+        for task, values in results.items():
+            metrics |= {f"{metric_key_prefix}/{task}/{name}": value for name, value in values.items()}
+        metrics[f"{metric_key_prefix}/average"] = self.benchmark.average(results)
+        self.log(metrics)
+        self.last_evaluation = (self.state.global_step, metrics)
+        return metrics
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """HF's training, then the log history (losses, learning rates, evaluations) kept in the run directory as
@@ -507,6 +535,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         data_collator=benchmark.collator(tokenizer),
         callbacks=callbacks,
         benchmark=benchmark,
+        tokenizer=tokenizer,
     )
     resume = last_complete_checkpoint(output_dir) if cfg.trainer.resume and trains else None
     started = time.perf_counter()

@@ -81,11 +81,14 @@ class WandbHistory(TrainerCallback):
     against `train/global_step`, and nothing into the W&B config; the main process's callback only."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kwargs: Any):
-        if "loss" not in (logs or {}):  # the end-of-training totals are in metrics.json, hence in the summary
+        logs = logs or {}
+        evaluation = {k: v for k, v in logs.items() if k.startswith("eval/")}  # AdapterTrainer.evaluate, mid-run
+        if "loss" not in logs and not evaluation:  # the end-of-training totals are in metrics.json (the summary)
             return
         import wandb
 
-        wandb.log({**{f"train/{k}": v for k, v in logs.items() if k in HISTORY_KEYS}, STEP_METRIC: state.global_step})
+        training = {f"train/{k}": v for k, v in logs.items() if k in HISTORY_KEYS}
+        wandb.log({**training, **evaluation, STEP_METRIC: state.global_step})
 
 
 def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
