@@ -227,7 +227,8 @@ def test_a_generation_run_logs_a_sample_of_its_predictions(wandb_env, tmp_path):
 
 def test_make_tables_takes_wandb_1():
     def dry_run(*args: str) -> str:
-        result = subprocess.run(["make", "-n", "tables", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        command = ["make", "--no-print-directory", "-n", "tables", *args]  # also when run under `make test`
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return result.stdout.strip().splitlines()[-1]
 
