@@ -115,7 +115,8 @@ class AdapterTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         # HF refuses evaluation during training without an eval_dataset; the benchmark is the evaluation here.
-        evaluates = kwargs["args"].eval_strategy != "no" and benchmark is not None
+        training_args = kwargs.get("args")
+        evaluates = benchmark is not None and training_args is not None and training_args.eval_strategy != "no"
         super().__init__(*args, eval_dataset=benchmark if evaluates else None, **kwargs)
         self.benchmark = benchmark
         self.evaluation_tokenizer = tokenizer

@@ -30,7 +30,7 @@ from ..adapters import check_task_id_range
 from ..metrics import glue_average, glue_metrics, task_score
 from ..models import ModelConfig, load_pretrained, load_tokenizer
 from .base import Benchmark, ExportLayout, mix_tasks
-from .glue_data import _HUB_ID, GLUE_TASKS, glue_input_columns, glue_task, load_glue_split, missing_glue_files
+from .glue_data import GLUE_HUB_ID, GLUE_TASKS, glue_input_columns, glue_task, load_glue_split, missing_glue_files
 
 POOLINGS = ("cls", "mean")
 HEADS = ("linear", "mlp")
@@ -111,7 +111,7 @@ class GlueBenchmark(Benchmark):
             )
 
     def hub_datasets(self) -> list[str]:
-        return [] if self.data_dir is not None else [_HUB_ID]
+        return [] if self.data_dir is not None else [GLUE_HUB_ID]
 
     def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         model = MultiTaskClassifier(

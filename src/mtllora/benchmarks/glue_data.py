@@ -21,7 +21,7 @@ import datasets
 logger = logging.getLogger(__name__)
 
 GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
-_HUB_ID = "nyu-mll/glue"
+GLUE_HUB_ID = "nyu-mll/glue"
 _COLUMNS = ("text_a", "text_b", "label", "idx")
 _STSB_RANGE = (0.0, 5.0)
 
@@ -176,7 +176,7 @@ def _layout_hint(task: GlueTask) -> str:
     return (
         f"Expected the GLUE download script layout <data_dir>/{task.directory}/{{{files}}} "
         f"(data_dir, or MTLLORA_DATA_DIR, may also be the parent folder holding glue/); "
-        f"or pass data_dir=None to load {_HUB_ID!r} from the Hugging Face hub."
+        f"or pass data_dir=None to load {GLUE_HUB_ID!r} from the Hugging Face hub."
     )
 
 
@@ -184,12 +184,12 @@ def _load_hub(spec: _TaskSpec, split: str) -> datasets.Dataset:
     """Returns `split` of the task from the hub with the hub columns mapped onto _COLUMNS."""
     task = spec.task
     try:
-        dataset = datasets.load_dataset(_HUB_ID, task.name)[split]
+        dataset = datasets.load_dataset(GLUE_HUB_ID, task.name)[split]
     except OSError as err:  # datasets raises ConnectionError offline, FileNotFoundError for missing files
         raise OSError(
-            f"could not load GLUE task {task.name!r} from the Hugging Face hub ({_HUB_ID!r}, config {task.name!r}): "
-            f"{err}. Without hub access, use a local copy: pass data_dir (or set MTLLORA_DATA_DIR) to a folder "
-            f"in the GLUE download script layout, glue_data/<TASK>/{{train,dev}}.tsv "
+            f"could not load GLUE task {task.name!r} from the Hugging Face hub ({GLUE_HUB_ID!r}, config "
+            f"{task.name!r}): {err}. Without hub access, use a local copy: pass data_dir (or set MTLLORA_DATA_DIR) "
+            f"to a folder in the GLUE download script layout, glue_data/<TASK>/{{train,dev}}.tsv "
             f"(MNLI: dev_matched.tsv, dev_mismatched.tsv)."
         ) from err
     hub_a, hub_b = spec.hub_text
