@@ -42,7 +42,12 @@ GLUE_TASK_METRICS: dict[str, tuple[str, ...]] = {
 _CORRELATIONS = ("matthews_correlation", "pearson", "spearmanr")
 
 
-class ConstantPredictionWarning(UserWarning):
+class RunWarning(UserWarning):
+    """Something a finished run's numbers depend on that its config does not say (a fallback taken, data
+    missing): recorded in `metrics.json`'s "warnings" and printed beside the run in the tables."""
+
+
+class ConstantPredictionWarning(RunWarning):
     """A correlation metric was undefined (constant predictions or references) and is reported as 0."""
 
 
