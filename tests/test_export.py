@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from mtllora.adapters import apply_adapters, save_adapter
+from mtllora.adapters import AdapterConfig, AdapterFileError, apply_adapters, read_adapter_tasks, save_adapter
+from mtllora.benchmarks.commonsense import TASKS as COMMONSENSE_TASKS
 from mtllora.benchmarks.glue_data import glue_input_columns, glue_task, load_glue_split
 from mtllora.benchmarks.instruct import alpaca_prompt, read_records
 from mtllora.export import export
@@ -36,6 +38,7 @@ from mtllora.models import ModelConfig
 from mtllora.predict import main as predict_main
 from mtllora.predict import predict
 from mtllora.runs import load_run
+from mtllora.testing import commonsense_record, write_tiny_commonsense
 from mtllora.train import ADAPTER_FILE, instantiate_node, method_adapter_config, run
 
 from .conftest import ALL_METHODS, TASK_AWARE, randomize_adapters, write_tiny_llama
@@ -47,12 +50,13 @@ TOY_TASKS = ["topic", "sentiment"]
 
 
 def fake_run(run_dir: Path, args: list[str], seed: int = 1) -> Path:
-    """A run directory as training leaves it (config.json, adapter.safetensors), with random non-zero adapter and
-    head values in place of trained ones: what export and predict read, without the cost of training."""
+    """A run directory as training leaves it (config.json, adapter.safetensors with the task names), with random
+    non-zero adapter and head values in place of trained ones: what export and predict read, without the cost of
+    training."""
     cfg = compose_cfg(args, run_dir)
     benchmark = instantiate_node(cfg.benchmark)
     model, _ = benchmark.build_model(ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True)))
-    apply_adapters(model, method_adapter_config(cfg, benchmark))
+    apply_adapters(model, method_adapter_config(cfg, benchmark), tasks=benchmark.tasks)
     randomize_adapters(model, seed=seed)
     save_adapter(model, run_dir / ADAPTER_FILE)
     (run_dir / "config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True)))
@@ -236,6 +240,9 @@ def test_export_and_predict_refuse_bad_input_clearly(tiny_encoder_dir, tiny_glue
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError, match=r"taken exists; choose another --out or pass --overwrite"):
         export(lm_run, "peft-per-task", tmp_path / "taken")
+    for out in (lm_run, tmp_path):  # with --overwrite, writing there would delete the run
+        with pytest.raises(ValueError, match=rf"--out {re.escape(str(out))} holds the source .*lm, which writing"):
+            export(lm_run, "peft-per-task", out, overwrite=True)
     with pytest.raises(FileNotFoundError, match=r"holds no trained adapter \(adapter.safetensors\)"):
         export(tmp_path / "taken", "peft", tmp_path / "y")
     mean_run = fake_run(tmp_path / "mean", glue_args(tiny_encoder_dir, tiny_glue_dir, "lora"))
@@ -293,6 +300,7 @@ def test_training_continues_from_an_exported_or_saved_adapter(source, toy_llama_
     args = [*instruct_args(toy_llama_dir, "lora", tmp_path / "cache"), f"init_adapter={start}"]
     run(compose_cfg([*args, "trainer.learning_rate=0", "trainer.max_steps=1"], tmp_path / "continued"))
     before, after = load_file(trained / ADAPTER_FILE), load_file(tmp_path / "continued" / ADAPTER_FILE)
+    assert read_adapter_tasks(tmp_path / "continued" / ADAPTER_FILE) == TOY_TASKS  # training stores the names
     assert before.keys() == after.keys()
     for name in before:  # a zero learning rate leaves the imported values as they were
         torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
@@ -311,3 +319,92 @@ def test_a_run_with_a_path_its_config_left_out_asks_for_it(tmp_path):
         r"line, e\.g\. model\.name_or_path=/path/to/tiny-encoder",
     ):
         load_run(tmp_path)
+
+
+def test_an_adapter_copied_from_another_run_is_refused_naming_both(toy_llama_dir, tmp_path):
+    run_dir = fake_run(tmp_path / "run", instruct_args(toy_llama_dir, "mtl_lora", tmp_path / "cache"))
+    options = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "num_tasks": 8}
+    eight = apply_adapters(AutoModelForCausalLM.from_pretrained(toy_llama_dir), AdapterConfig("mtl_lora", **options))
+    for tasks, held in ((COMMONSENSE_TASKS, r"8 tasks \['boolq', 'piqa', "), (None, r"8 tasks, ")):
+        eight._mtllora.tasks = list(tasks) if tasks else None  # a commonsense run's file; then one saved without names
+        save_adapter(eight, run_dir / ADAPTER_FILE)
+        with pytest.raises(
+            ValueError,
+            match=rf"adapter.safetensors is not this run's adapter: it holds mtl_lora with {held}.*the run's config "
+            r"trains mtl_lora with 2 tasks for its tasks \['topic', 'sentiment'\]; put the run's own",
+        ):
+            export(run_dir, "peft-per-task", tmp_path / "out")
+    swapped = fake_run(tmp_path / "swapped", instruct_args(toy_llama_dir, "mtl_lora", tmp_path / "cache"))
+    model = AutoModelForCausalLM.from_pretrained(toy_llama_dir)
+    apply_adapters(model, AdapterConfig("mtl_lora", **{**options, "num_tasks": 2}), tasks=["sentiment", "topic"])
+    save_adapter(model, swapped / ADAPTER_FILE)  # same count, other order: task 0 would be served as "topic"
+    with pytest.raises(ValueError, match=r"with 2 tasks \['sentiment', 'topic'\], the run's config trains"):
+        load_run(swapped)
+
+
+def test_predict_refuses_an_output_that_is_its_input(toy_llama_dir, tmp_path, capsys):
+    run_dir = tmp_path / "not-loaded"  # refused before any model loads
+    inputs = tmp_path / "in.jsonl"
+    text = '{"instruction": "Is this about sports or science?", "input": "a new planet"}\n'
+    inputs.write_text(text)
+    (tmp_path / "link.jsonl").symlink_to(inputs)
+    for output in (inputs, tmp_path / "link.jsonl", tmp_path / "." / "in.jsonl"):
+        with pytest.raises(SystemExit, match=r"--output .* is the --input file .*in.jsonl: the predictions would"):
+            predict_main([str(run_dir), "--task", "topic", "--input", str(inputs), "--output", str(output)])
+    assert inputs.read_text() == text
+
+
+def test_adapter_formats_export_from_a_base_model_without_tokenizer(toy_llama_dir, tmp_path):
+    run_dir = fake_run(tmp_path / "run", instruct_args(toy_llama_dir, "mtl_lora", tmp_path / "cache"))
+    bare = tmp_path / "weights-only"
+    bare.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        (bare / name).write_bytes((toy_llama_dir / name).read_bytes())
+    expected = export(run_dir, "peft-per-task", tmp_path / "with-tokenizer")
+    for source, out in ((run_dir, "from-run"), (run_dir / ADAPTER_FILE, "from-file")):
+        folders = export(source, "peft-per-task", tmp_path / out, overrides=[f"model.name_or_path={bare}"])
+        assert [f.name for f in folders] == ["0-topic", "1-sentiment"]  # a file alone: the task names it stores
+        for folder, reference in zip(folders, expected, strict=True):
+            theirs, ours = (
+                load_file(folder / "adapter_model.safetensors"),
+                load_file(reference / "adapter_model.safetensors"),
+            )
+            assert theirs.keys() == ours.keys()
+            for key in ours:
+                torch.testing.assert_close(theirs[key], ours[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("data_dir", ["<external>/data", None])
+def test_a_commonsense_run_exports_and_predicts_without_its_data(data_dir, tmp_path):
+    data = write_tiny_commonsense(tmp_path / "data")
+    records = [commonsense_record(task, f"q {task}") for task in COMMONSENSE_TASKS]
+    texts = [alpaca_prompt(r["instruction"], r["input"], r["output"]) for r in records]
+    llama = write_tiny_llama(tmp_path / "llama", [*texts, "train test q0 q1 1 2 3 4 5 true false"])
+    args = ["experiment=commonsense_ci", "method=mtl_lora", f"model.name_or_path={llama}", f"paths.data_dir={data}"]
+    run_dir = fake_run(tmp_path / "run", [*args, f"benchmark.cache_dir={tmp_path / 'cache'}"])
+    config = json.loads((run_dir / "config.json").read_text())
+    config["benchmark"]["data_dir"] = data_dir  # trained elsewhere: the data is not on this machine
+    (run_dir / "config.json").write_text(json.dumps(config))
+    shutil.rmtree(data)
+    folders = export(run_dir, "peft-per-task", tmp_path / "peft")
+    assert [f.name for f in folders] == [f"{i}-{task}" for i, task in enumerate(COMMONSENSE_TASKS)]
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"instruction": records[0]["instruction"]}) + "\n")
+    rows = predict(load_run(run_dir), "boolq", inputs)
+    assert len(rows) == 1 and rows[0]["index"] == 0 and set(rows[0]) == {"index", "response", "prediction"}
+
+
+def test_unreadable_serving_inputs_are_named(toy_llama_dir, tmp_path):
+    run_dir = fake_run(tmp_path / "run", instruct_args(toy_llama_dir, "lora", tmp_path / "cache"))
+    run = load_run(run_dir)
+    empty, latin1 = tmp_path / "empty.json", tmp_path / "latin1.jsonl"
+    empty.write_text("[]")
+    with pytest.raises(ValueError, match=r"empty.json: no input records \(an empty JSON list\); expected at least one"):
+        predict(run, "topic", empty)
+    latin1.write_bytes(b'{"instruction": "a"}\n{"instruction": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl: line 2 .*is not valid UTF-8"):
+        predict(run, "topic", latin1)
+    adapter = run_dir / ADAPTER_FILE
+    adapter.write_bytes(adapter.read_bytes()[:100])
+    with pytest.raises(AdapterFileError, match=rf"{re.escape(str(adapter))} is truncated or corrupt"):
+        export(run_dir, "peft", tmp_path / "out")

@@ -815,3 +815,27 @@ def test_x_axis_errors_and_shared_overrides(sweep_dir, tmp_path, capsys):
     assert "\nEvery row: trainer.learning_rate=0.002 (overrides that name the run directories).\n" in markdown
     assert [line.split(" | ")[0] for line in section(markdown, "glue_cpu · minilm-l6")[2:4]] == ["| LoRA", "| MTL-LoRA"]
     assert "| MTL-LoRA − LoRA | 2 |" in markdown
+
+
+def test_a_runs_warnings_are_printed_beside_its_row(tmp_path):
+    tasks = glue_tasks(0.40, (0.80, 0.86), (0.70, 0.72))
+    write_run(tmp_path / "runs", "lora1", "lora", "LoRA", 1, tasks, warnings=[])
+    write_run(tmp_path / "runs", "lora2", "lora", "LoRA", 2, tasks, warnings=["resumed from checkpoint-4, not 8"])
+    write_run(tmp_path / "runs", "mtl1", "mtl_lora", "MTL-LoRA", 1, tasks, warnings=["stsb: pearson undefined", "x_y"])
+    write_run(tmp_path / "runs", "dora1", "dora", "DoRA", 1, tasks)  # from before warnings were recorded
+    build_tables(tmp_path / "runs", tmp_path / "out", REPO_PAPER)
+    markdown = (tmp_path / "out" / "glue.md").read_text()
+    labels = [line.split(" | ")[0] for line in section(markdown, "glue_cpu · minilm-l6")[2:5]]
+    assert labels == ["| LoRA †1", "| DoRA", "| MTL-LoRA †2"]
+    assert (
+        "†1 LoRA, seed 2: resumed from checkpoint-4, not 8\n"
+        "†2 MTL-LoRA, seed 1: stsb: pearson undefined\n"
+        "†2 MTL-LoRA, seed 1: x_y\n"
+    ) in markdown
+    table = csv.DictReader(io.StringIO((tmp_path / "out" / "glue.csv").read_text()))
+    rows = {row["label"]: row for row in table if row["source"] == "runs"}  # not the paper's rows
+    assert rows["LoRA"]["warnings"] == "seed 2: resumed from checkpoint-4, not 8"
+    assert rows["MTL-LoRA"]["warnings"] == "seed 1: stsb: pearson undefined | seed 1: x_y"
+    assert rows["DoRA"]["warnings"] == ""
+    tex = (tmp_path / "out" / "glue.tex").read_text()
+    assert "LoRA $^{\\dagger1}$ & 2 &" in tex and "% †2 MTL-LoRA, seed 1: x_y\n" in tex

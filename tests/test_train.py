@@ -69,6 +69,7 @@ METRIC_KEYS = {
     "params",
     "train",
     "warnings",
+    "inputs",
     "peak_memory_mb",
     "git_commit",
     "config",

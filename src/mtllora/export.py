@@ -10,8 +10,9 @@ every task leaves as a standard PEFT LoRA adapter; MoELoRA likewise, and MultiLo
   into the weights (`--task`), loadable with `AutoModel*.from_pretrained` alone.
 
 SOURCE is a run directory, or an `adapter.safetensors` file alone (then `--base-model` names the causal LM and
-tasks are named `task0`, `task1`, ...). Extra `key=value` arguments override the run's stored config (e.g. a
-model path that differs on this machine).
+tasks are those the file stores, else `task0`, `task1`, ...). Extra `key=value` arguments override the run's stored
+config (e.g. a model path that differs on this machine). No training or test data is read; only `merged` loads the
+tokenizer (to copy it).
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
     out = Path(out)
+    if Path(source).resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--out {out} holds the source {source}, which writing the export would replace")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite to replace it")
-    run = load_run(source, overrides, device="cpu")
+    # Adapter formats need the weights only: a base model folder without tokenizer files exports them.
+    run = load_run(source, overrides, device="cpu", with_tokenizer=fmt == "merged")
     config = get_adapter_config(run.model)
     fitting = fitting_formats(run)
     if fmt not in fitting:

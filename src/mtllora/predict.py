@@ -21,14 +21,28 @@ from .runs import TrainedRun, load_run, parse_args_with_overrides
 
 
 def predict(run: TrainedRun, task: str, input_path: str | Path) -> list[dict[str, Any]]:
-    """Returns one prediction row per record of `input_path` for `task` of the loaded run; a malformed record is
-    an error naming the file and line."""
+    """Returns one prediction row per record of `input_path` for `task` of the loaded run; a malformed record, bytes
+    that are not UTF-8 or a file without records are errors naming the file (and line)."""
     if run.benchmark is None:
         raise ValueError(f"{run.source} is an adapter file alone; predict needs its run directory (its benchmark)")
     run.task_id(task)  # an unknown task lists the run's tasks
     records = read_json_records(input_path, lambda record: run.benchmark.input_problem(task, record))
+    if not records:
+        raise RecordError(f"{input_path}: no input records (an empty JSON list); expected at least one record")
     rows = run.benchmark.predict(run.model, run.tokenizer, task, records)
     return [{"index": i, **row} for i, row in enumerate(rows)]
+
+
+def _check_output_is_not_input(input_path: str, output_path: str | None) -> None:
+    """Raises when `output_path` is the input file (the same file under any path, links included): writing the
+    predictions would replace the inputs. Checked before the model loads."""
+    if output_path is None or not (Path(output_path).exists() and Path(input_path).exists()):
+        return
+    if Path(output_path).samefile(input_path):
+        raise ValueError(
+            f"--output {output_path} is the --input file {input_path}: the predictions would replace the inputs; "
+            f"choose another --output"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -40,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", help="the JSON Lines file to write (default: stdout)")
     args = parse_args_with_overrides(parser, argv)
     try:
+        _check_output_is_not_input(args.input, args.output)
         rows = predict(load_run(args.run_dir, args.overrides), args.task, args.input)
     except (ValueError, FileNotFoundError, RecordError) as err:
         sys.exit(f"mtllora.predict: {err}")

@@ -1,10 +1,11 @@
-"""Checks that a run can reach everything it needs before anything runs: Hugging Face hub access and its data files.
+"""Checks that a run can reach everything it needs before anything runs: a valid config, Hugging Face hub access
+and its data files.
 
 A gated model (LLaMA-2) whose licence was not accepted, a misspelt hub id, or an id missing from the cache under
 HF_HUB_OFFLINE=1 otherwise fails deep inside a run, after minutes of setup or an earlier run's hours. `check(cfg)`
-(what `python -m mtllora.plan` calls) checks every hub id the composed config needs, `cfg.model.name_or_path` and
-the benchmark's `hub_datasets()`, and the benchmark's data files (`Benchmark.check_inputs`), and raises one
-PreflightError listing every problem with what to do about it.
+(what `python -m mtllora.plan` calls) checks the config's values (`mtllora.config_check`), every hub id the composed
+config needs, `cfg.model.name_or_path` and the benchmark's `hub_datasets()`, and the benchmark's data files
+(`Benchmark.check_inputs`), and raises one PreflightError listing every problem with what to do about it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNot
 from huggingface_hub.file_download import repo_folder_name
 from omegaconf import DictConfig, OmegaConf
 
+from .config_check import ConfigError, check_config
+from .models import is_local_path
+
 LOGIN = "`hf auth login` (or `huggingface-cli login`), or set HF_TOKEN"
 
 
@@ -26,11 +30,17 @@ class PreflightError(RuntimeError):
 
 
 def check(cfg: DictConfig) -> None:
-    """Checks a composed run config before anything runs: hub access to the model and the benchmark's hub datasets
-    (`check_hub_access`), then the benchmark's data files (`check_inputs`); raises one PreflightError with both."""
+    """Checks a composed run config before anything runs: its values (`config_check.check_config`), hub access
+    to the model and the benchmark's hub datasets (`check_hub_access`), then the benchmark's data files
+    (`check_inputs`); raises one PreflightError with all of them. Access and data are checked on a valid config
+    only (its values name what to check), so a bad config is reported alone."""
     from .train import instantiate_node, register_resolvers  # train imports the heavy stack; only needed here
 
     register_resolvers()
+    try:
+        check_config(cfg)
+    except ConfigError as err:
+        raise PreflightError(str(err)) from err
     problems = []
     benchmark = instantiate_node(cfg.benchmark)
     try:
@@ -70,7 +80,7 @@ def check_hub_access(repo_ids: Iterable[str], dataset_ids: Iterable[str] = ()) -
 def _problem(name: str, repo_type: str) -> str | None:
     """What keeps model or dataset `name` from loading, with the fix; None when it loads."""
     repo_id, _, filename = name.partition("::")
-    if _is_local(repo_id):
+    if is_local_path(repo_id):
         path = Path(repo_id).expanduser()
         wanted = path / filename if filename else path
         return None if wanted.exists() else f"{wanted}: no such local {'file' if filename else 'file or folder'}"
@@ -106,12 +116,6 @@ def _problem(name: str, repo_type: str) -> str | None:
             "access, set HF_HUB_OFFLINE=1 and have it in the local cache"
         )
     return None
-
-
-def _is_local(repo_id: str) -> bool:
-    """Whether `repo_id` means a local path: it exists, or it is written as one (absolute, ./, ../, ~, or more
-    than one '/': a hub id is `name` or `owner/name`)."""
-    return Path(repo_id).expanduser().exists() or repo_id.startswith(("/", "./", "../", "~")) or repo_id.count("/") > 1
 
 
 def _cached(repo_id: str, repo_type: str, filename: str) -> bool:

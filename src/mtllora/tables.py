@@ -37,6 +37,10 @@ under the evaluator of its official script, `PAPER_PARSERS`: how the paper's tab
 all: <parser>" (the fair comparison; left out when the block already shows that parser for every row). A run from
 before both parsers were recorded has only its headline parser's scores; its cells in a view that needs the other
 parser read "—".
+
+Warnings: a run's metrics.json "warnings" (caveats on its numbers, e.g. a checkpoint skipped on resume, a correlation
+undefined) mark its row with †N, and the messages follow the table (`†N <row>, seed S: message`; in the tex file as
+comments, in the csv in the row's `warnings` column).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import io
 import itertools
 import json
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -127,6 +132,7 @@ PAPER_VIEW_NOTE = (
     f"{PARSER_SCRIPTS['strict']}; the others: official, {PARSER_SCRIPTS['official']})."
 )
 MISSING = "—"  # a cell of a parser view whose run did not record that parser
+WARNING_MARK = "†"  # marks a row whose runs recorded warnings; the messages follow the table
 SCORE_KIND = "score"  # csv `kind` of a variant's (or a reference's) row
 DIFF_KIND = "paired_diff"  # csv `kind` of a difference row; its `_std` columns hold the standard error
 
@@ -176,6 +182,7 @@ class Run:
     # (("trainer.learning_rate", "0.002"),): a sweep's run; () for a run of the config as it stands.
     setting: tuple[tuple[str, str], ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict)  # the run's stored config ({} when it has none)
+    warnings: tuple[str, ...] = ()  # its metrics.json's "warnings" (RunWarning messages: caveats on its numbers)
 
     @property
     def variant(self) -> str:
@@ -269,6 +276,7 @@ def load_run(path: Path) -> Run:
             parser_scores=_parser_scores(data, path, parser, task_scores) if parser in PARSER_SCRIPTS else {},
             setting=run_setting(config),
             config=config,
+            warnings=tuple(str(message) for message in data.get("warnings") or ()),
         )
     except (ValueError, TypeError, AttributeError) as err:  # bad JSON or a value of the wrong type
         raise TablesError(f"{path}: {err}") from None
@@ -375,6 +383,7 @@ def combine_runs(runs: Sequence[Run]) -> Run:
         trainable=trainable,
         total=max(run.total - run.trainable for run in runs) + trainable,
         parts=sum(run.parts for run in runs),
+        warnings=tuple(message for run in runs for message in run.warnings),
         parser=runs[0].parser if len({run.parser for run in runs}) == 1 else None,
         parser_scores={
             parser: {task: owner[task].parser_scores[parser][task] for task in order}
@@ -683,13 +692,32 @@ def _metric_name(key: str) -> str:
     return f"{_task_name(task)} {METRIC_NAMES.get(metric, metric)}"
 
 
+def row_warnings(row: Row) -> list[str]:
+    """Returns the warnings its runs recorded (metrics.json "warnings"), each as `seed N: message`."""
+    return [f"seed {run.seed}: {message}" for run in row.runs for message in run.warnings]
+
+
+def _warning_marks(block: Block) -> dict[str, str]:
+    """Returns {row label: its footnote mark (†1, †2, ...)} for the rows of a block whose runs recorded warnings."""
+    flagged = [row.label for row in block.rows if row_warnings(row)]
+    return {label: f"{WARNING_MARK}{number}" for number, label in enumerate(flagged, 1)}
+
+
+def _warning_notes(block: Block) -> list[str]:
+    """Returns the footnotes of a block's warning marks: `†1 LoRA, seed 2: message`, one per recorded warning."""
+    marks = _warning_marks(block)
+    return [f"{marks[row.label]} {row.label}, {line}" for row in block.rows for line in row_warnings(row)]
+
+
 def _main_table(block: Block) -> tuple[list[str], list[list[str]]]:
-    """Returns the header and rows of a block's main table (tasks, Avg, #Params), shared by the md and tex files."""
+    """Returns the header and rows of a block's main table (tasks, Avg, #Params), shared by the md and tex files; a
+    row whose runs recorded warnings carries its footnote mark (`_warning_notes`)."""
     with_seeds = block.source == RUNS_SOURCE
     header = ["Method", *(["seeds"] if with_seeds else []), *map(_task_name, block.columns), "Avg", "#Params"]
+    marks = _warning_marks(block)
     rows = [
         [
-            row.label,
+            " ".join(filter(None, [row.label, marks.get(row.label)])),
             *([str(row.seeds)] if with_seeds else []),
             *(row.cells.get(key, "") for key in [*block.columns, AVERAGE]),
             row.params,
@@ -738,7 +766,7 @@ def render_markdown(benchmark: str, blocks: Sequence[Block], num_runs: int, runs
         if block.note:
             lines += [block.note, ""]
         lines += _markdown_table(*_main_table(block))
-        notes = [row.note for row in block.rows if row.note]
+        notes = [row.note for row in block.rows if row.note] + _warning_notes(block)
         if notes:
             lines += ["", *notes]
         if block.metric_columns:
@@ -758,7 +786,8 @@ def _csv_number(value: float | None) -> str:
 
 def render_csv(blocks: Sequence[Block]) -> str:
     """Returns the <benchmark>.csv text: one line per row of every block (kind `score`), a mean and a std column per
-    task score, per individual metric and for the average (×100), and the parameter counts; after a block's rows,
+    task score, per individual metric and for the average (×100), the warnings its runs recorded (`seed N: message`,
+    joined by " | "; empty for none) and the parameter counts; after a block's rows,
     one line per paired difference (kind `paired_diff`, label "first − second", seeds = paired seeds): the mean
     difference per task and Avg, and its standard error in the `_std` column. No timestamp, so reruns diff."""
     keys = [
@@ -778,6 +807,7 @@ def render_csv(blocks: Sequence[Block]) -> str:
             "method",
             "seeds",
             *(name for key in keys for name in (key, f"{key}_std")),
+            "warnings",
             "params",
             "params_trainable",
             "params_total",
@@ -799,6 +829,7 @@ def render_csv(blocks: Sequence[Block]) -> str:
                     row.method,
                     seeds,
                     *numbers,
+                    " | ".join(row_warnings(row)),
                     row.params,
                     trainable,
                     total,
@@ -807,7 +838,7 @@ def render_csv(blocks: Sequence[Block]) -> str:
         for diff in block.differences:
             numbers = [_csv_number(number) for key in keys for number in diff.stats.get(key, (None, None, 0))[:2]]
             row_head = [DIFF_KIND, _csv_source(block), block.profile, block.model, diff.label, "", str(diff.seeds)]
-            writer.writerow([*row_head, *numbers, "", "", ""])
+            writer.writerow([*row_head, *numbers, "", "", "", ""])
     return buffer.getvalue()
 
 
@@ -819,7 +850,8 @@ def _csv_source(block: Block) -> str:
 def _latex_escape(text: str) -> str:
     for char in "\\&%$#_{}":
         text = text.replace(char, "\\" + char)
-    return text.replace("±", "$\\pm$").replace("−", "$-$").replace(MISSING, "---")
+    text = text.replace("±", "$\\pm$").replace("−", "$-$").replace(MISSING, "---")
+    return re.sub(f"{WARNING_MARK}(\\d+)", r"$^{\\dagger\1}$", text)
 
 
 def render_latex(blocks: Sequence[Block]) -> str:
@@ -828,7 +860,7 @@ def render_latex(blocks: Sequence[Block]) -> str:
     parts = []
     for block in blocks:
         comments = [f"% {block.title}" + (f". {block.note}" if block.note else "")]
-        comments += [f"% {row.note}" for row in block.rows if row.note]
+        comments += [f"% {note}" for note in [*(row.note for row in block.rows if row.note), *_warning_notes(block)]]
         parts.append("\n".join([*comments, *_tabular(*_main_table(block))]))
         if block.differences:
             comments = [f"% {block.title}: seed-paired differences, mean ± standard error, n = paired seeds."]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -19,7 +20,9 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
-from transformers.trainer import SCHEDULER_NAME
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 
 from . import wandb_log
 from .adapters import (
@@ -50,12 +53,24 @@ from .adapters import (
 )
 from .adapters.convert import from_peft_state_dict, read_peft_config
 from .benchmarks.base import Benchmark
-from .metrics import ConstantPredictionWarning
+from .config_check import ConfigError, check_config, task_count_problem
+from .metrics import RunWarning
 from .models import ModelConfig
-from .rundir import METRICS_FILE, claim_run_dir, hydra_run_suffix, portable_config
+from .rundir import (
+    METRICS_FILE,
+    claim_run_dir,
+    data_fingerprint,
+    hydra_run_suffix,
+    model_fingerprint,
+    portable_config,
+    stored_inputs,
+)
 
 ADAPTER_FILE = "adapter.safetensors"
 COMPLETE_MARKER = "COMPLETE"
+# In each checkpoint: the training loss summed over every step so far, so that a resumed run's final_loss is the
+# whole run's mean (HF's covers only the steps after the resume).
+LOSS_RECORD_FILE = "training_loss.json"
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
@@ -102,9 +117,10 @@ class AdapterTrainer(Trainer):
     Under DeepSpeed the saved adapter values are the optimizer's fp32 master copies, gathered across ranks (ZeRO-3
     partitions them), and DeepSpeed's own checkpoint leaves frozen parameters out (HF does that for PEFT models
     only, so a LLaMA-7B checkpoint would otherwise carry 13 GB of base weights). A checkpoint directory gets a
-    COMPLETE marker after every rank has written its part; resuming picks the last complete one, so a process
-    killed mid-save never leaves a checkpoint that resume would trust. Training batches are the benchmark's own when
-    it has them (`Benchmark.train_batch_sampler`, e.g. one task per batch).
+    COMPLETE marker after every rank has written its part; resuming picks the last complete one (marked, and every
+    file it reads present and intact: `last_complete_checkpoint`), so a process killed mid-save, or a file lost or
+    cut short since, never leaves a checkpoint that resume would trust. Training batches are the benchmark's own
+    when it has them (`Benchmark.train_batch_sampler`, e.g. one task per batch).
     """
 
     def __init__(
@@ -121,6 +137,8 @@ class AdapterTrainer(Trainer):
         self.benchmark = benchmark
         self.evaluation_tokenizer = tokenizer
         self.last_evaluation: tuple[int, dict[str, float]] | None = None  # (step, metrics)
+        # The loss summed over the steps before this call's resume (LOSS_RECORD_FILE); None when unknown.
+        self.loss_before_resume: float | None = 0.0
 
     def evaluate(
         self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
@@ -140,10 +158,34 @@ class AdapterTrainer(Trainer):
         self.last_evaluation = (self.state.global_step, metrics)
         return metrics
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """HF's training, then the log history (losses, learning rates, evaluations) kept in the run directory as
-        `trainer_state.json` (main process), whatever the logger."""
-        output = super().train(*args, **kwargs)
+        `trainer_state.json` (main process), whatever the logger. `resume_from_checkpoint=True` takes the last
+        complete checkpoint (`last_complete_checkpoint`). After a resume, the returned `training_loss` is the whole
+        run's mean (the checkpoint's LOSS_RECORD_FILE plus HF's mean over the steps since); a checkpoint without that
+        record (written before it existed) leaves HF's, with a RunWarning saying which steps it covers."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(
+                self.args.output_dir, self.args.world_size, self.is_deepspeed_enabled
+            )
+        start, self.loss_before_resume = 0, 0.0
+        if resume_from_checkpoint:
+            record = Path(resume_from_checkpoint) / LOSS_RECORD_FILE
+            state = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE_NAME).read_text())
+            start = state["global_step"]
+            self.loss_before_resume = json.loads(record.read_text())["loss_sum"] if record.exists() else None
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if start and self.loss_before_resume is not None:
+            whole = (self.loss_before_resume + output.training_loss * (output.global_step - start)) / output.global_step
+            output = output._replace(training_loss=whole)
+        elif start:
+            warnings.warn(
+                RunWarning(
+                    f"train.final_loss covers only the {output.global_step - start} step(s) after the resume from "
+                    f"{Path(resume_from_checkpoint).name}, which has no {LOSS_RECORD_FILE} (written before it existed)"
+                ),
+                stacklevel=2,
+            )
         self.save_state()
         return output
 
@@ -230,6 +272,11 @@ class AdapterTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            if self.loss_before_resume is not None:
+                # HF's running sum: the logged part, and what was accumulated since the last log.
+                loss_sum = self.loss_before_resume + self._total_loss_scalar + self._tr_loss.item()
+                record = {"global_step": self.state.global_step, "loss_sum": loss_sum}
+                (folder / LOSS_RECORD_FILE).write_text(json.dumps(record) + "\n")
             tmp = folder / (COMPLETE_MARKER + ".tmp")
             tmp.write_text(str(self.state.global_step))
             tmp.replace(folder / COMPLETE_MARKER)
@@ -249,14 +296,94 @@ def _check_deepspeed_checkpoint(checkpoint: str, expected: Iterable[str]) -> Non
         )
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """Returns the newest `checkpoint-N` directory holding a COMPLETE marker, or None."""
-    found = [
-        (int(m.group(1)), path)
-        for path in Path(output_dir).glob("checkpoint-*")
-        if (m := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / COMPLETE_MARKER).exists()
-    ]
-    return str(max(found)[1]) if found else None
+class CheckpointError(ValueError):
+    """No checkpoint of a run directory holds everything resuming needs."""
+
+
+def _unreadable(path: Path) -> str | None:
+    """Returns why a checkpoint file cannot be read back (`unreadable (...)`), or None, found without loading it (a
+    7B optimizer state is read once, by the resume itself): JSON must parse; a safetensors file must hold as many
+    bytes as its header describes; a torch.save file must be a whole zip (its directory is at the end, which
+    truncation cuts off)."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            size = path.stat().st_size
+            with path.open("rb") as handle:
+                header_size = int.from_bytes(handle.read(8), "little")
+                if size < 8 or 8 + header_size > size:
+                    raise ValueError(f"{size} bytes cannot hold its header")
+                header = json.loads(handle.read(header_size))
+            data = max((t["data_offsets"][1] for key, t in header.items() if key != "__metadata__"), default=0)
+            end = 8 + header_size + data
+            if end != size:
+                raise ValueError(f"{size} bytes where its header describes {end}")
+        else:
+            zipfile.ZipFile(path).close()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as err:
+        return f"unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def checkpoint_problems(checkpoint: str | Path, world_size: int = 1, deepspeed: bool = False) -> list[str]:
+    """Returns what keeps `checkpoint` from resuming a run of `world_size` processes bit-exactly: each file that HF
+    Trainer would skip, or fail on, when it is missing (the adapters, trainer state, optimizer and scheduler, every
+    rank's RNG state; under DeepSpeed its own checkpoint instead of optimizer.pt), and each present file that
+    `_unreadable` finds cut short or corrupt, each named from the run directory (`checkpoint-8/optimizer.pt is
+    missing`). [] for a complete checkpoint."""
+    folder = Path(checkpoint)
+    rng = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    needed = [ADAPTER_FILE, TRAINER_STATE_NAME, *rng, *([] if deepspeed else [OPTIMIZER_NAME, SCHEDULER_NAME])]
+    problems = [f"{folder.name}/{name} is missing" for name in needed if not (folder / name).is_file()]
+    optional = [folder / name for name in (LOSS_RECORD_FILE, SCHEDULER_NAME) if name not in needed]
+    present = [folder / name for name in needed if (folder / name).is_file()] + [f for f in optional if f.is_file()]
+    if deepspeed:
+        if not list(folder.glob("global_step*/mp_rank_00_model_states.pt")):
+            problems.append(f"{folder.name} holds no DeepSpeed checkpoint (global_step*/mp_rank_00_model_states.pt)")
+        present += sorted(folder.glob("global_step*/*.pt"))
+        # ZeRO writes one optimizer partition per rank; DeepSpeed resumes without its states when one is missing.
+        partitions = {(f.parent, re.sub(r"rank_\d+_mp", "rank_*_mp", f.name)) for f in present if "optim" in f.name}
+        for rank, (parent, name) in itertools.product(range(world_size), sorted(partitions)):
+            if not (parent / name.replace("*", str(rank))).is_file():
+                problems.append(f"{(parent / name.replace('*', str(rank))).relative_to(folder.parent)} is missing")
+    return problems + [f"{path.relative_to(folder.parent)} is {why}" for path in present if (why := _unreadable(path))]
+
+
+def last_complete_checkpoint(output_dir: str | Path, world_size: int = 1, deepspeed: bool = False) -> str | None:
+    """Returns the newest `checkpoint-N` directory holding a COMPLETE marker and no `checkpoint_problems`, or None
+    when no checkpoint was marked complete (the run never reached its first save). A newer marked one with problems
+    is skipped with a RunWarning naming them (recorded in metrics.json); when every marked one has problems, raises
+    CheckpointError naming them all."""
+    marked = sorted(
+        (
+            (int(m.group(1)), path)
+            for path in Path(output_dir).glob("checkpoint-*")
+            if (m := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / COMPLETE_MARKER).exists()
+        ),
+        reverse=True,
+    )
+    skipped = []
+    for _, path in marked:
+        problems = checkpoint_problems(path, world_size, deepspeed)
+        if not problems:
+            for bad, its_problems in skipped:
+                warnings.warn(
+                    RunWarning(
+                        f"resumed from {path.name}, not from the newer {bad.name}, which is incomplete: "
+                        + "; ".join(its_problems)
+                    ),
+                    stacklevel=2,
+                )
+            return str(path)
+        skipped.append((path, problems))
+    if skipped:
+        raise CheckpointError(
+            f"cannot resume {output_dir}: no checkpoint holds everything resuming needs ("
+            + "; ".join(problem for _, problems in skipped for problem in problems)
+            + "). Delete those checkpoint folders to train from the start, or restore the files."
+        )
+    return None
 
 
 def resolve_precision(requested: bool | str) -> tuple[bool, str]:
@@ -465,6 +592,8 @@ def method_adapter_config(cfg: DictConfig, benchmark: Benchmark) -> AdapterConfi
         return None
     adapter = OmegaConf.to_container(cfg.method.adapter, resolve=True)
     adapter["trainable"] = [*benchmark.trainable, *adapter.get("trainable", [])]
+    if (problem := task_count_problem(adapter.get("num_tasks"), list(benchmark.tasks))) is not None:
+        raise ConfigError(problem)
     if adapter.get("num_tasks", 0) is None:  # a task-aware method whose tasks come from the benchmark's data
         adapter["num_tasks"] = len(benchmark.tasks)
     return AdapterConfig.from_dict(adapter)
@@ -493,26 +622,64 @@ def load_initial_adapter(model: torch.nn.Module, path: str | Path) -> None:
     load_adapter_state_dict(model, {**adapter_state_dict(model), **state})  # other trained tensors keep their init
 
 
+@contextmanager
+def recording_run_warnings() -> Iterator[list[str]]:
+    """Yields the list that collects the message of every RunWarning raised inside the block (each time, not once
+    per place), while every warning is shown as usual, at once."""
+    caught: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RunWarning)
+        show = warnings.showwarning
+
+        def record(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, RunWarning):
+                caught.append(str(message))
+            show(message, category, *args, **kwargs)
+
+        warnings.showwarning = record
+        yield caught
+
+
+def run_inputs(benchmark: Benchmark, model_cfg: ModelConfig) -> dict[str, Any]:
+    """Returns what identifies a run besides its config: the content fingerprints of the data files its benchmark
+    reads and of its base model (`mtllora.rundir`), stored in the run directory and compared on a rerun."""
+    return {
+        "data": data_fingerprint(benchmark.data_files()),
+        "model": model_fingerprint(model_cfg.name_or_path, model_cfg.gguf_file),
+    }
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Trains and evaluates one configuration; writes `metrics.json` and the adapter into the run directory and
     returns the metrics dict (on every rank). With `trainer.resume=true`, a run whose directory already holds this
     configuration's `metrics.json` is finished: it returns those metrics without loading anything, so rerunning a
     whole profile after a crash continues where it stopped."""
+    with recording_run_warnings() as run_warnings:
+        return _run(cfg, run_warnings)
+
+
+def _run(cfg: DictConfig, run_warnings: list[str]) -> dict[str, Any]:
+    """`run`, with the list collecting its RunWarning messages (metrics.json's "warnings")."""
     register_resolvers()
+    check_config(cfg)  # every problem of the config in one error, before any data or model loads
     output_dir = Path(cfg.paths.output_dir)
     if cfg.trainer.resume and (output_dir / METRICS_FILE).exists():
-        claim_run_dir(output_dir, portable_config(cfg), resume=True, write=False)  # raises for another configuration
+        # Raises for another configuration, or (when the run recorded them) other data or another base model.
+        inputs = None
+        if stored_inputs(output_dir) is not None:
+            model_cfg = ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True))
+            inputs = run_inputs(instantiate_node(cfg.benchmark), model_cfg)
+        claim_run_dir(output_dir, portable_config(cfg), resume=True, write=False, inputs=inputs)
         print(f"[mtllora] {output_dir} is complete ({METRICS_FILE}): nothing to resume")
         return json.loads((output_dir / METRICS_FILE).read_text())
-    passed_training_arguments(cfg.trainer)  # a bad trainer.* key fails before the model loads
     set_seed(cfg.seed)
     benchmark: Benchmark = instantiate_node(cfg.benchmark)
     benchmark.check_inputs()
     model_cfg = ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True))
+    adapter_config = method_adapter_config(cfg, benchmark)  # before loading: tasks may come from the data
     model, tokenizer = benchmark.build_model(model_cfg)
-    adapter_config = method_adapter_config(cfg, benchmark)
     if adapter_config is not None:
-        apply_adapters(model, adapter_config)
+        apply_adapters(model, adapter_config, tasks=benchmark.tasks)  # names stored in adapter.safetensors
         if cfg.init_adapter is not None:
             load_initial_adapter(model, cfg.init_adapter)
     else:
@@ -522,7 +689,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bf16, precision = resolve_precision(cfg.trainer.bf16)
     args = training_arguments(cfg, output_dir, bf16)
     config = portable_config(cfg)
-    claim_run_dir(output_dir, config, cfg.trainer.resume, write=args.process_index == 0)
+    inputs = run_inputs(benchmark, model_cfg)
+    claim_run_dir(output_dir, config, cfg.trainer.resume, write=args.process_index == 0, inputs=inputs)
     trains = adapter_config is not None
     callbacks = [instantiate_node(c) for c in cfg.trainer.callbacks]
     logs_to_wandb = cfg.logger.name == "wandb" and args.process_index == 0
@@ -538,7 +706,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         benchmark=benchmark,
         tokenizer=tokenizer,
     )
-    resume = last_complete_checkpoint(output_dir) if cfg.trainer.resume and trains else None
+    resume = None
+    if cfg.trainer.resume and trains:
+        resume = last_complete_checkpoint(output_dir, args.world_size, trainer.is_deepspeed_enabled)
     started = time.perf_counter()
     if trains:
         train_output = trainer.train(resume_from_checkpoint=resume)
@@ -552,11 +722,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_metrics = {"samples_per_second": None, "steps": 0, "final_loss": None}
     train_seconds = time.perf_counter() - started
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConstantPredictionWarning)
-        results = benchmark.evaluate(trainer, tokenizer)
-    for warning in caught:  # shown as usual, and kept in metrics.json
-        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    results = benchmark.evaluate(trainer, tokenizer)
     metrics = {
         "benchmark": benchmark.name,
         "profile": cfg.profile,
@@ -580,7 +746,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "world_size": args.world_size,
         },
-        "warnings": [str(w.message) for w in caught if issubclass(w.category, ConstantPredictionWarning)],
+        "warnings": list(dict.fromkeys(run_warnings)),  # every RunWarning of the run, each message once
+        "inputs": inputs,
         "peak_memory_mb": _peak_memory_mb(),
         "git_commit": _git_commit(),
         "config": config,

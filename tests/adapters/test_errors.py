@@ -5,7 +5,18 @@ import re
 import pytest
 import torch
 
-from mtllora.adapters import AdapterConfig, TaskIdError, apply_adapters, use_tasks
+from mtllora.adapters import (
+    AdapterConfig,
+    AdapterFileError,
+    TaskIdError,
+    apply_adapters,
+    get_task_names,
+    load_adapter,
+    read_adapter_config,
+    read_adapter_tasks,
+    save_adapter,
+    use_tasks,
+)
 
 from ..conftest import adapted, make_config, tiny_llama
 
@@ -95,6 +106,46 @@ def test_bad_task_ids(task_ids, message):
     model = adapted("mtl_lora")
     with pytest.raises(TaskIdError, match=message):
         model(input_ids=torch.randint(0, 64, (2, 5)), task_ids=task_ids)
+
+
+def test_task_ids_on_the_meta_device_say_which_device_was_expected():
+    model = adapted("mtl_lora")
+    meta = torch.tensor([0, 1], device="meta")
+    expected = r"task_ids are on the meta device .* on the CPU or on the model's device \(cpu\)"
+    with pytest.raises(TaskIdError, match=expected):
+        model(input_ids=torch.randint(0, 64, (2, 5)), task_ids=meta)
+    with pytest.raises(TaskIdError, match=r"on the meta device"), use_tasks(model, meta):
+        pass
+
+
+def test_task_names_are_saved_with_the_adapter_and_checked_on_load(tmp_path):
+    model = apply_adapters(tiny_llama(), make_config("mtl_lora"), tasks=["a", "b", "c"])
+    path = save_adapter(model, tmp_path / "adapter.safetensors")
+    assert read_adapter_tasks(path) == ["a", "b", "c"]
+    assert get_task_names(load_adapter(tiny_llama(), path)) == ["a", "b", "c"]
+    other = apply_adapters(tiny_llama(), make_config("mtl_lora"), tasks=["c", "b", "a"])
+    with pytest.raises(ValueError, match=r"for tasks \['a', 'b', 'c'\], but the model's tasks are \['c', 'b', 'a'\]"):
+        load_adapter(other, path)
+    unnamed = save_adapter(apply_adapters(tiny_llama(), make_config("mtl_lora")), tmp_path / "unnamed.safetensors")
+    assert read_adapter_tasks(unnamed) is None  # as files written before names were stored: still load
+    assert get_task_names(load_adapter(tiny_llama(), unnamed)) is None
+    with pytest.raises(ValueError, match=r"4 task names \['a', 'b', 'c', 'd'\] for mtl_lora with num_tasks=3"):
+        apply_adapters(tiny_llama(), make_config("mtl_lora"), tasks=["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match=r"tasks must be distinct non-empty names, got \['a', 'a'\]"):
+        apply_adapters(tiny_llama(), make_config("mtl_lora"), tasks=["a", "a"])
+
+
+def test_a_truncated_adapter_file_is_named_as_such(tmp_path):
+    path = save_adapter(adapted("lora"), tmp_path / "adapter.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    message = rf"{re.escape(str(path))} is truncated or corrupt, not a readable safetensors adapter file"
+    with pytest.raises(AdapterFileError, match=message):
+        read_adapter_config(path)
+    with pytest.raises(AdapterFileError, match=message):
+        load_adapter(tiny_llama(), path)
+    path.write_bytes(b"")
+    with pytest.raises(AdapterFileError, match=message):
+        read_adapter_config(path)
 
 
 def test_use_tasks_validates_and_needs_adapters():

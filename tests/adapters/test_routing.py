@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from mtllora.adapters import AdapterConfig, TaskIdError, apply_adapters, use_tasks
+from mtllora.adapters import AdapterConfig, TaskIdError, apply_adapters, load_adapter, save_adapter, use_tasks
 
-from ..conftest import ALL_METHODS, TASK_AWARE, adapted
+from ..conftest import ALL_METHODS, TASK_AWARE, adapted, make_config, tiny_llama
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -189,3 +189,19 @@ def test_concurrent_forwards_in_threads_keep_their_own_task_ids(method):
     assert wrong == [0, 0], f"forwards with another thread's task ids, of {rounds} per thread: {wrong}"
     with pytest.raises(TaskIdError, match="needs task ids"):  # and no thread left ids current here
         model(input_ids=ids)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_adapters_take_the_models_mode_so_dropout_is_off_at_inference(method, tmp_path):
+    ids, tasks = torch.randint(3, 64, (2, 6)), torch.tensor([0, 1])
+    model = adapted(method, dropout=0.05)  # applied to an eval-mode model
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad():
+        first, second = model(input_ids=ids, task_ids=tasks).logits, model(input_ids=ids, task_ids=tasks).logits
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    loaded = load_adapter(tiny_llama(), save_adapter(model, tmp_path / "adapter.safetensors"))
+    assert not any(m.training for m in loaded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids, task_ids=tasks).logits, first, rtol=0, atol=0)
+    training = apply_adapters(tiny_llama().train(), make_config(method, dropout=0.05))
+    assert all(m.training for m in training.modules())  # and a model in training mode trains its adapters

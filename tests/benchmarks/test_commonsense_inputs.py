@@ -142,11 +142,12 @@ def test_a_run_fails_on_its_data_before_the_model_loads(tmp_path):
 
     root = write_commonsense(tmp_path / "data")
     (root / "commonsense" / "train" / "piqa_train.json").unlink()
+    (tmp_path / "empty-model").mkdir()  # a folder (the config check wants one) without a model in it
     cfg = compose_cfg(
         [
             "experiment=commonsense_ci",
             "method=lora",
-            f"model.name_or_path={tmp_path / 'no-such-model'}",  # loading it would raise something else
+            f"model.name_or_path={tmp_path / 'empty-model'}",  # loading it would raise something else
             f"paths.data_dir={root}",
         ],
         tmp_path / "run",

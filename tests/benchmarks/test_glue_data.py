@@ -466,3 +466,60 @@ def test_an_incomplete_local_copy_fails_before_training_naming_every_missing_fil
     for missing in (f"{tmp_path}/QQP/", f"{tmp_path}/MNLI/", f"{tmp_path}/RTE/dev.tsv"):
         assert missing in message
     assert "paths.data_dir=null" in message
+
+
+def test_a_split_without_rows_and_bytes_that_are_not_utf8_name_the_file(tmp_path):
+    # A split without rows would train without its task (or score it on nothing) and still report numbers.
+    folder = write_glue(tmp_path, "cola", {"train.tsv": ""})
+    message = f"{folder / 'train.tsv'}: no data rows; expected at least one row of source, label, original_judgment, "
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}sentence$"):
+        load_glue_split("cola", "train", tmp_path)
+    write_glue(tmp_path, "rte", {"dev.tsv": tsv(["index", "sentence1", "sentence2", "label"])})
+    with pytest.raises(ValueError, match=r"RTE/dev\.tsv: no data rows besides its header; expected at least one row"):
+        load_glue_split("rte", "validation", tmp_path)
+    # Offsets count from the file's first byte, MRPC's byte-order mark included: 3 + the header + "1\t1\t2\tcaf".
+    header = b"Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    folder = write_glue(tmp_path, "mrpc", {})
+    (folder / "train.tsv").write_bytes(b"\xef\xbb\xbf" + header + b"1\t1\t2\tcaf\xe9\tb\n")
+    message = rf"^{re.escape(str(folder / 'train.tsv'))}: line 2 \(byte offset {3 + len(header) + 9}\): b'\\xe9' is"
+    with pytest.raises(ValueError, match=message + r" not valid UTF-8; expected a UTF-8 text file"):
+        load_glue_split("mrpc", "train", tmp_path)
+
+
+def test_check_inputs_reads_every_split_once_and_lists_every_bad_file(tmp_path, tiny_encoder_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from mtllora.benchmarks import glue
+
+    from ..conftest import write_tiny_glue
+
+    write_tiny_glue(tmp_path)  # CoLA, SST-2, MRPC, STS-B, RTE
+    tasks = ["cola", "sst2", "mrpc", "stsb", "rte"]
+    reads = Counter()
+
+    def counted(task: str, split: str, *args):
+        reads[task, split] += 1
+        return load_glue_split(task, split, *args)
+
+    monkeypatch.setattr(glue, "load_glue_split", counted)
+    bench = glue.GlueBenchmark(tasks=tasks, data_dir=tmp_path)
+    bench.check_inputs()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    assert len(bench.train_dataset(tokenizer)) == 5 * 48
+    assert [len(d) for _, d in bench.eval_datasets(tokenizer).values()] == [24] * 5
+    assert reads == {(task, split): 1 for task in tasks for split in ("train", "validation")}
+
+    (tmp_path / "CoLA" / "train.tsv").write_text("")
+    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    (tmp_path / "SST-2" / "dev.tsv").write_bytes(b"sentence\tlabel\n\xff\t1\n")
+    with pytest.raises(ValueError) as err:
+        glue.GlueBenchmark(tasks=tasks, data_dir=tmp_path).check_inputs()
+    assert str(err.value).splitlines() == [
+        f"the local GLUE copy data_dir={tmp_path} has 3 unusable file(s) of tasks {tasks}:",
+        f"  - {tmp_path}/CoLA/train.tsv: no data rows; expected at least one row of source, label, original_judgment, "
+        "sentence",
+        f"  - {tmp_path}/SST-2/dev.tsv: line 2 (byte offset 15): b'\\xff' is not valid UTF-8; expected a UTF-8 text "
+        "file (re-save it as UTF-8)",
+        f"  - {tmp_path}/RTE/train.tsv: no data rows besides its header; expected at least one row of index, "
+        "sentence1, sentence2, label",
+    ]

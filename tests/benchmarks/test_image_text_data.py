@@ -531,3 +531,27 @@ def test_clip_backbone_pools_the_last_stage_grid(tmp_path, monkeypatch):
     np.testing.assert_allclose(boxes[0], [0, 0, 1 / 6, 1 / 6], atol=1e-6)
     with h5py.File(tmp_path / "f.h5") as f:
         assert f.attrs["backbone"] == "clip-rn101" and f.attrs["n_boxes"] == 36
+
+
+def test_features_of_another_width_and_truncated_files_are_named(tmp_path):
+    wide, narrow = {"features": np.zeros((2, 4))}, {"features": np.zeros((2, 3))}
+    file = write_features(tmp_path / "f.h5", {"a": wide, "b": narrow, "c": wide})
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    write_features(folder / "d.h5", {"d": narrow})
+    store = ImageFeatures([file, folder])
+    assert store.expected_dim() == 4  # the first image of the first source
+    # Multi-image files are checked up front (a shape lookup); a folder's files as they are read.
+    with pytest.raises(ValueError, match=r"^gqa train: 1 of 3 images have features of another width than 4 .*: b in "):
+        store.check(["a", "b", "d"], what="gqa train")
+    with pytest.raises(ValueError, match=rf"image 'd' in {folder}/d\.h5: features are 3 wide, expected 4 \(the width"):
+        store.get("d")
+    assert ImageFeatures([folder], dim=3).get("d")[0].shape == (2, 3)
+
+    data = file.read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match=rf"^{tmp_path}/cut\.h5: not a readable HDF5 feature file \(.*truncated file"):
+        ImageFeatures(tmp_path / "cut.h5").get("a")
+    (folder / "e.h5").write_bytes(data[:100])
+    with pytest.raises(OSError, match=rf"^{folder}/e\.h5: not a readable HDF5 feature file"):
+        ImageFeatures([folder]).get("e")

@@ -15,17 +15,20 @@ import pkgutil
 
 from .base import METHODS, AdapterConfig, AdapterLinear, get_method, register_method
 from .inject import (
+    AdapterFileError,
     ParameterCount,
     adapter_layers,
     adapter_state_dict,
     apply_adapters,
     count_parameters,
     get_adapter_config,
+    get_task_names,
     load_adapter,
     load_adapter_state_dict,
     merge_adapters,
     merge_task,
     read_adapter_config,
+    read_adapter_tasks,
     save_adapter,
     unmerge_adapters,
 )
@@ -37,6 +40,7 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "METHODS",
     "AdapterConfig",
+    "AdapterFileError",
     "AdapterLinear",
     "ParameterCount",
     "TaskIdError",
@@ -47,11 +51,13 @@ __all__ = [
     "count_parameters",
     "get_adapter_config",
     "get_method",
+    "get_task_names",
     "load_adapter",
     "load_adapter_state_dict",
     "merge_adapters",
     "merge_task",
     "read_adapter_config",
+    "read_adapter_tasks",
     "register_method",
     "save_adapter",
     "unmerge_adapters",

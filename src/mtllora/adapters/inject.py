@@ -6,11 +6,12 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -18,15 +19,23 @@ from .base import ADAPTABLE_NAMES, ADAPTABLE_TYPES, AdapterConfig, AdapterLinear
 from .routing import RouterPostHook, RouterPreHook, TaskRouter, forward_accepts_task_ids
 
 CONFIG_METADATA_KEY = "mtllora_config"
+# The task names, JSON, in task-id order (files written before names were stored have none).
+TASKS_METADATA_KEY = "mtllora_tasks"
+
+
+class AdapterFileError(ValueError):
+    """An adapter file is unreadable (truncated, corrupt) or was not written by `save_adapter`."""
 
 
 @dataclasses.dataclass
 class AdapterState:
-    """What `apply_adapters` leaves on the model (as `model._mtllora`): the config, the router, its hooks."""
+    """What `apply_adapters` leaves on the model (as `model._mtllora`): the config, the router, its hooks, and the
+    names of the tasks (task id i is `tasks[i]`; None when not given)."""
 
     config: AdapterConfig
     router: TaskRouter
     hook_ids: tuple[int, int]
+    tasks: list[str] | None = None
 
 
 def _matches_target(name: str, targets: list[str] | str) -> str | None:
@@ -55,11 +64,15 @@ def _unmatched_target_error(model: nn.Module, unmatched: list[str] | str, adapta
     )
 
 
-def apply_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
+def apply_adapters(model: nn.Module, config: AdapterConfig, tasks: Sequence[str] | None = None) -> nn.Module:
     """Replaces every targeted nn.Linear or Conv1D of `model` by the config's adapter, freezes all other parameters
-    (except those matching `config.trainable`) and returns the same model object, now accepting `task_ids=`."""
+    (except those matching `config.trainable`) and returns the same model object, now accepting `task_ids=`.
+    Each adapter layer takes the training/eval mode of the layer it replaces (dropout off in an eval-mode model).
+    `tasks`: the task names (task id i is `tasks[i]`), which `save_adapter` stores so that a file cannot be served
+    as another run's tasks."""
     if getattr(model, "_mtllora", None) is not None:
         raise ValueError(f"{type(model).__name__} already has mtllora adapters ({model._mtllora.config.method})")
+    tasks = _checked_task_names(tasks, config)
     cls = get_method(config.method)
     adaptable = [name for name, module in model.named_modules() if type(module) in ADAPTABLE_TYPES]
     selected = [(name, target) for name in adaptable if (target := _matches_target(name, config.target_modules))]
@@ -76,7 +89,8 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for name, _ in selected:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, cls(getattr(parent, child), config, router, name))
+        base = getattr(parent, child)
+        setattr(parent, child, cls(base, config, router, name).train(base.training))
     for pattern in config.trainable:
         hits = [p for n, p in model.named_parameters() if re.search(pattern, n)]
         if not hits:
@@ -86,8 +100,30 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
 
     pre = model.register_forward_pre_hook(RouterPreHook(router, forward_accepts_task_ids(model)), with_kwargs=True)
     post = model.register_forward_hook(RouterPostHook(router), with_kwargs=True, always_call=True)
-    model._mtllora = AdapterState(config, router, (pre.id, post.id))
+    model._mtllora = AdapterState(config, router, (pre.id, post.id), tasks)
     return model
+
+
+def _checked_task_names(tasks: Sequence[str] | None, config: AdapterConfig) -> list[str] | None:
+    """Returns `tasks` as a list after checking they are distinct non-empty strings, no more than the config's
+    number of tasks (a task-aware method)."""
+    if tasks is None:
+        return None
+    tasks = list(tasks)
+    if not tasks or len(set(tasks)) != len(tasks) or not all(isinstance(t, str) and t for t in tasks):
+        raise ValueError(f"tasks must be distinct non-empty names, got {tasks}")
+    if config.num_tasks is not None and len(tasks) > config.num_tasks:
+        raise ValueError(
+            f"{len(tasks)} task names {tasks} for {config.method} with num_tasks={config.num_tasks}: at most "
+            f"{config.num_tasks} expected"
+        )
+    return tasks
+
+
+def get_task_names(model: nn.Module) -> list[str] | None:
+    """Returns the task names the model's adapters were applied (or loaded) with, or None if none were given."""
+    get_adapter_config(model)  # raises for a model without adapters
+    return model._mtllora.tasks
 
 
 def get_adapter_config(model: nn.Module) -> AdapterConfig:
@@ -197,41 +233,67 @@ def load_adapter_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
 
 
 def save_adapter(model: nn.Module, path: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
-    """Writes the adapter state dict to a safetensors file, the config as JSON in its metadata; returns the path.
-    `state_dict`: take the values from this full state dict instead of the parameters (DeepSpeed ZeRO-3 gathers
-    partitioned parameters into one)."""
+    """Writes the adapter state dict to a safetensors file, the config (and the task names, when the adapters have
+    them) as JSON in its metadata; returns the path. `state_dict`: take the values from this full state dict instead
+    of the parameters (DeepSpeed ZeRO-3 gathers partitioned parameters into one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     source = state_dict if state_dict is not None else dict(model.named_parameters())
     tensors = {k: source[k].detach().contiguous().cpu() for k in _adapter_parameter_names(model)}
+    metadata = {CONFIG_METADATA_KEY: get_adapter_config(model).to_json()}
+    if (tasks := get_task_names(model)) is not None:
+        metadata[TASKS_METADATA_KEY] = json.dumps(tasks)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={CONFIG_METADATA_KEY: get_adapter_config(model).to_json()})
+    save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)  # atomic: a reader never sees a half-written file
     return path
 
 
+def _unreadable(path: str | Path, err: Exception) -> AdapterFileError:
+    return AdapterFileError(f"{path} is truncated or corrupt, not a readable safetensors adapter file ({err})")
+
+
+def _read_metadata(path: str | Path) -> dict[str, str]:
+    """Returns the safetensors metadata of a `save_adapter` file; raises AdapterFileError naming an unreadable one."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except SafetensorError as err:
+        raise _unreadable(path, err) from err
+    if CONFIG_METADATA_KEY not in metadata:
+        raise AdapterFileError(f"{path} has no {CONFIG_METADATA_KEY!r} metadata; it was not written by save_adapter")
+    return metadata
+
+
 def read_adapter_config(path: str | Path) -> AdapterConfig:
     """Returns the AdapterConfig stored in a file written by `save_adapter`."""
-    from safetensors import safe_open
+    return AdapterConfig.from_dict(json.loads(_read_metadata(path)[CONFIG_METADATA_KEY]))
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if CONFIG_METADATA_KEY not in metadata:
-        raise ValueError(f"{path} has no {CONFIG_METADATA_KEY!r} metadata; it was not written by save_adapter")
-    return AdapterConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+
+def read_adapter_tasks(path: str | Path) -> list[str] | None:
+    """Returns the task names stored in a `save_adapter` file (task id i is the i-th), or None for a file saved
+    without them (by a model given no task names, or before names were stored)."""
+    stored = _read_metadata(path).get(TASKS_METADATA_KEY)
+    return None if stored is None else json.loads(stored)
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
-    """Loads a `save_adapter` file into `model`: applies the stored config first if the model has no adapters,
-    else checks the configs agree. Returns the model."""
-    saved = read_adapter_config(path)
+    """Loads a `save_adapter` file into `model`: applies the stored config (and task names) first if the model has
+    no adapters, else checks the configs (and the task names, where both have them) agree. New adapter layers take
+    the model's training/eval mode. Returns the model."""
+    saved, saved_tasks = read_adapter_config(path), read_adapter_tasks(path)
     current = getattr(model, "_mtllora", None)
     if current is None:
-        apply_adapters(model, saved)
+        apply_adapters(model, saved, saved_tasks)
     elif current.config != saved:
         raise ValueError(f"{path} holds adapters for {saved!r}, but the model has {current.config!r}")
+    elif None not in (saved_tasks, current.tasks) and saved_tasks != current.tasks:
+        raise ValueError(f"{path} holds adapters for tasks {saved_tasks}, but the model's tasks are {current.tasks}")
     first = next(model.parameters())
-    tensors = load_file(str(path), device=str(first.device))
+    try:
+        tensors = load_file(str(path), device=str(first.device))
+    except SafetensorError as err:
+        raise _unreadable(path, err) from err
     return load_adapter_state_dict(model, tensors)
 
 

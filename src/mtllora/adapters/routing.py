@@ -81,8 +81,9 @@ class TaskRouter:
         self.__dict__.update(state)
         self._current = _frame_var()
 
-    def validate(self, task_ids: torch.Tensor | Sequence[int] | int) -> torch.Tensor:
-        """Returns task_ids as a 1-D LongTensor after checking type, shape and range (raises TaskIdError)."""
+    def validate(self, task_ids: torch.Tensor | Sequence[int] | int, model: nn.Module | None = None) -> torch.Tensor:
+        """Returns task_ids as a 1-D LongTensor after checking type, shape, device and range (raises TaskIdError);
+        `model`, the adapted model, names the device expected in the error for ids without values (meta)."""
         if isinstance(task_ids, bool):
             raise TaskIdError(f"task_ids must be integers, got {task_ids!r}")
         if isinstance(task_ids, int):
@@ -93,6 +94,13 @@ class TaskRouter:
             raise TaskIdError(f"task_ids must be an integer tensor, got dtype {task_ids.dtype}")
         if task_ids.dim() != 1:
             raise TaskIdError(f"task_ids must have shape [batch], got shape {tuple(task_ids.shape)}")
+        if task_ids.device.type == "meta":
+            params = model.parameters() if model is not None else iter(())
+            device = next((p.device for p in params if p.device.type != "meta"), torch.device("cpu"))
+            raise TaskIdError(
+                f"task_ids are on the meta device (a shape without values), so no layer can read a task from them: "
+                f"pass them on the CPU or on the model's device ({device})"
+            )
         task_ids = task_ids.long()
         if self.num_tasks is not None:
             check_task_id_range(task_ids, self.num_tasks, f"num_tasks={self.num_tasks}")
@@ -187,7 +195,7 @@ class RouterPreHook:
         router.push(*router.current())
         ids = kwargs.get("task_ids") if self.forward_takes_task_ids else kwargs.pop("task_ids", None)
         if ids is not None:
-            router.replace_current(router.validate(ids), False)
+            router.replace_current(router.validate(ids, module), False)
         return args, kwargs
 
 
@@ -223,5 +231,5 @@ def use_tasks(model: nn.Module, task_ids: torch.Tensor | Sequence[int] | int) ->
     sample, as `generate()` makes them for beams and return sequences: each sample's id then covers its k rows.
     """
     router = get_router(model)
-    with router.frame(router.validate(task_ids), True):
+    with router.frame(router.validate(task_ids, model), True):
         yield

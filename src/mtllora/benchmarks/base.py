@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,14 +69,32 @@ class Benchmark(abc.ABC):
         """Returns the Hugging Face hub dataset ids this run downloads (`mtllora.preflight` checks access first)."""
         return []
 
+    def data_files(self) -> list[Path]:
+        """Returns the local files (or folders, e.g. one feature file per image) this run reads its data from, after
+        `check_inputs`: their content fingerprint identifies the run (`mtllora.rundir.data_fingerprint`), so that a
+        rerun on other data is refused. [] for data from the Hugging Face hub (`hub_datasets`, named by the config)."""
+        return []
+
     def data_facts(self) -> dict[str, Any]:
         """Returns facts about the data this run used that its results depend on (e.g. a partial train set), for
         metrics.json's `data` (left out when empty)."""
         return {}
 
+    @classmethod
+    def for_serving(cls, config: Mapping[str, Any], tasks: Sequence[str] | None = None) -> Benchmark:
+        """Returns the benchmark of a trained run as `mtllora.export` and `mtllora.predict` use it (model, prompts,
+        answer parsing, export layout), built from the run's benchmark `config` (the node without `_target_`) with
+        `tasks` (None: the config's), without its data: serving a trained adapter needs the model and the task
+        names only. The default is the constructor, for benchmarks whose constructor reads no data; one that needs
+        its data there overrides this (training never calls it, so its data checks stay as they are)."""
+        return cls(**config) if tasks is None else cls(**{**config, "tasks": list(tasks)})
+
     @abc.abstractmethod
-    def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-        """Returns (model whose forward takes the collated batch incl. `task_ids`, tokenizer)."""
+    def build_model(
+        self, model_cfg: ModelConfig, with_tokenizer: bool = True
+    ) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
+        """Returns (model whose forward takes the collated batch incl. `task_ids`, tokenizer); `with_tokenizer=False`
+        returns None for the tokenizer, without loading it (an adapter export needs the weights only)."""
 
     @abc.abstractmethod
     def train_dataset(self, tokenizer: PreTrainedTokenizerBase) -> Dataset:
@@ -119,6 +139,20 @@ class Benchmark(abc.ABC):
         """Returns one prediction row per input record of `task` (as the benchmark's evaluation computes it), for
         `mtllora.predict`; raises when the benchmark has no prediction from raw inputs."""
         raise ValueError(f"{self.name} has no prediction from raw input records")
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """Returns the text of a UTF-8 data file as it is (a byte-order mark included); bytes that are not UTF-8 are an
+    error naming the file, the line and the byte offset (Python's own error names neither file nor line)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}: line {line} (byte offset {err.start}): {data[err.start : err.end]!r} is not valid UTF-8; "
+            f"expected a UTF-8 text file (re-save it as UTF-8)"
+        ) from None
 
 
 def mix_tasks(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .instruct import InputsError, InstructBenchmark, read_records
+from .instruct import InputsError, InstructBenchmark, label_problem, read_records, training_problem
 
 logger = logging.getLogger(__name__)
 
@@ -196,12 +196,14 @@ def _test_candidates(data_dir: str | os.PathLike[str], dataset: str) -> list[Pat
 
 def load_test(data_dir: str | os.PathLike[str], dataset: str) -> list[Record]:
     """Returns the test records of `dataset`; each must carry `answer` (the label the evaluation compares with)."""
-    path = test_file(data_dir, dataset)
-    records = load_records(path)
-    for i, record in enumerate(records):
-        if "answer" not in record:
-            raise ValueError(f"{path}: record {i}: missing 'answer' (the label of a test record)")
-    return records
+    return read_records(test_file(data_dir, dataset), check=_test_problem)
+
+
+def _test_problem(record: Record) -> str | None:
+    """Returns what is wrong with a test record (its task, its `answer` label), or None."""
+    if "answer" not in record:
+        return "missing 'answer' (the label of a test record)"
+    return _task_problem(record) or label_problem(record)
 
 
 def train_files(data_dir: str | os.PathLike[str], missing_ok: bool = False) -> dict[str, Path]:
@@ -458,6 +460,12 @@ class CommonsenseBenchmark(InstructBenchmark):
         test_files = {task: next((p for p in paths if p.is_file()), paths[0]) for task, paths in candidates.items()}
         super().__init__(tasks=list(tasks), train_files=[], test_files=test_files, name=name, **kwargs)
 
+    @classmethod
+    def for_serving(cls, config: Mapping[str, Any], tasks: Sequence[str] | None = None) -> CommonsenseBenchmark:
+        """Export and predict read no data: without a data_dir on this machine, the data paths name that (any file
+        read from them fails naming `<no data: serving only>`)."""
+        return super().for_serving({**config, "data_dir": config.get("data_dir") or "<no data: serving only>"}, tasks)
+
     def check_inputs(self) -> None:
         """Reads and validates the test file of every task and the whole train set (per-task files or
         `train_file`, downloaded if a URL), refusing a partial train set unless `allow_partial_train`; raises one
@@ -473,9 +481,16 @@ class CommonsenseBenchmark(InstructBenchmark):
             except ValueError as err:
                 problems.append(str(err))
         try:
-            self._train_by_task()
+            train = self._train_by_task()
         except (OSError, ValueError) as err:
             problems.append(str(err).replace(f" {_LAYOUT}", ""))
+        else:
+            per_task_files = train_files(self.data_dir) if self.train_file is None else {}
+            for task, records in train.items():
+                source = per_task_files.get(task, self.train_file)
+                where = f"{source}: {task} record {{}}".format  # record i of the task in its source
+                if problem := training_problem(task, records, str(source), where):
+                    problems.append(problem)
         if problems:
             raise InputsError(
                 f"{self.name}: the data under data_dir={self.data_dir} is not usable:\n"
@@ -493,6 +508,12 @@ class CommonsenseBenchmark(InstructBenchmark):
             "full_train_records": {task: FULL_TRAIN_RECORDS[task] for task in self.tasks},
             "partial": bool(_partial_tasks(counts)),
         }
+
+    def data_files(self) -> list[Path]:
+        """The test file of each task and the train set: `train_file`, else the per-task train files."""
+        train = self._local_train_file()
+        tests = [test_file(self.data_dir, task) for task in self.tasks]
+        return [*tests, *([train] if train is not None else train_files(self.data_dir).values())]
 
     def train_records(self) -> list[Record]:
         grouped = self._train_by_task()

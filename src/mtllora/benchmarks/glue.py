@@ -30,7 +30,15 @@ from ..adapters import check_task_id_range
 from ..metrics import glue_average, glue_metrics, task_score
 from ..models import ModelConfig, load_pretrained, load_tokenizer
 from .base import Benchmark, ExportLayout, mix_tasks
-from .glue_data import GLUE_HUB_ID, GLUE_TASKS, glue_input_columns, glue_task, load_glue_split, missing_glue_files
+from .glue_data import (
+    GLUE_HUB_ID,
+    GLUE_TASKS,
+    glue_files,
+    glue_input_columns,
+    glue_task,
+    load_glue_split,
+    missing_glue_files,
+)
 
 POOLINGS = ("cls", "mean")
 HEADS = ("linear", "mlp")
@@ -96,24 +104,47 @@ class GlueBenchmark(Benchmark):
         self.loss_balance = loss_balance
         self.task_weights = [float((task_weights or {}).get(t, 1.0)) for t in self.tasks]
         self.seed = seed
+        self._splits: dict[tuple[str, str], Dataset] = {}
 
     @property
     def trainable(self) -> list[str]:
         return [r"^heads\."]
 
     def check_inputs(self) -> None:
-        if self.data_dir is not None and (missing := missing_glue_files(self.tasks, self.data_dir, self.task_dirs)):
+        """Checks that a local GLUE copy has every train and dev file of the tasks, then reads each one (kept for
+        training and evaluation, so nothing is read twice): one error lists every file without data rows, with
+        bytes that are not UTF-8, or with a malformed line or label (file and line)."""
+        if self.data_dir is None:
+            return  # the hub's copy is complete
+        if missing := missing_glue_files(self.tasks, self.data_dir, self.task_dirs):
             raise FileNotFoundError(
                 f"the local GLUE copy data_dir={self.data_dir} lacks {len(missing)} file(s) of tasks {self.tasks}: "
                 f"{', '.join(missing)}. Complete it (GLUE download script layout <TASK>/train.tsv, dev.tsv; MNLI "
                 f"dev_matched.tsv, dev_mismatched.tsv), choose tasks it has (benchmark.tasks=[...]), or load from the "
                 f"Hugging Face hub with paths.data_dir=null (unset MTLLORA_DATA_DIR)."
             )
+        problems = []
+        for task in self.tasks:
+            for split in ("train", *glue_task(task).eval_splits.values()):
+                try:
+                    self._read(task, split)
+                except ValueError as err:
+                    problems.append(str(err))
+        if problems:
+            raise ValueError(
+                f"the local GLUE copy data_dir={self.data_dir} has {len(problems)} unusable file(s) of tasks "
+                f"{self.tasks}:\n" + "".join(f"  - {problem}\n" for problem in problems)
+            )
 
     def hub_datasets(self) -> list[str]:
         return [] if self.data_dir is not None else [GLUE_HUB_ID]
 
-    def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    def data_files(self) -> list[Path]:
+        return [] if self.data_dir is None else glue_files(self.tasks, self.data_dir, self.task_dirs)
+
+    def build_model(
+        self, model_cfg: ModelConfig, with_tokenizer: bool = True
+    ) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
         model = MultiTaskClassifier(
             load_pretrained(model_cfg, AutoModel),
             num_labels=[glue_task(t).num_labels for t in self.tasks],
@@ -122,10 +153,16 @@ class GlueBenchmark(Benchmark):
             loss_balance=self.loss_balance,
             task_weights=self.task_weights,
         )
-        return model, load_tokenizer(model_cfg)
+        return model, load_tokenizer(model_cfg) if with_tokenizer else None
+
+    def _read(self, task: str, split: str) -> Dataset:
+        """Returns a split as read once per run (`check_inputs` reads every split before the model loads)."""
+        if (task, split) not in self._splits:
+            self._splits[task, split] = load_glue_split(task, split, self.data_dir, self.task_dirs.get(task))
+        return self._splits[task, split]
 
     def _load(self, task: str, split: str, cap: int | None, seed: int) -> Dataset:
-        dataset = load_glue_split(task, split, self.data_dir, self.task_dirs.get(task))
+        dataset = self._read(task, split)
         if cap is not None and cap < len(dataset):
             dataset = dataset.select(np.random.default_rng(seed).permutation(len(dataset))[:cap])
         return dataset

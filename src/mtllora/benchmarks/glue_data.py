@@ -18,6 +18,8 @@ from pathlib import Path
 
 import datasets
 
+from .base import read_text
+
 logger = logging.getLogger(__name__)
 
 GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
@@ -241,9 +243,8 @@ def _parse_label(spec: _TaskSpec, value: str, where: str) -> int | float:
 
 def _read_tsv(spec: _TaskSpec, path: Path) -> dict[str, list]:
     """Returns the rows of a GLUE tsv file as _COLUMNS -> values, raising ValueError at the first bad line."""
-    # utf-8-sig drops the byte-order mark that starts the MRPC files; newline="" keeps "\r" inside text as is.
-    with open(path, encoding="utf-8-sig", newline="") as file:
-        lines = file.read().split("\n")
+    # The byte-order mark that starts the MRPC files goes; "\r" inside text stays as is.
+    lines = read_text(path).removeprefix("\ufeff").split("\n")
     if lines[-1] == "":  # the final newline, not an empty row
         lines.pop()
     lines = [line.removesuffix("\r") for line in lines]  # CRLF line ends
@@ -272,6 +273,10 @@ def _read_tsv(spec: _TaskSpec, path: Path) -> dict[str, list]:
         rows["text_b"].append(None if col_b is None else fields[col_b])
         rows["label"].append(_parse_label(spec, fields[col_label], f"{path}:{number}"))
         rows["idx"].append(idx)
+    if not rows["idx"]:
+        # A split without rows would train without the task, or score it on nothing, and still report numbers.
+        header = "" if spec.tsv_columns else " besides its header"
+        raise ValueError(f"{path}: no data rows{header}; expected at least one row of {', '.join(columns)}")
     return rows
 
 
@@ -293,6 +298,17 @@ def missing_glue_files(
             if not (folder / _TSV_FILES[split]).is_file():
                 missing.append(str(folder / _TSV_FILES[split]))
     return missing
+
+
+def glue_files(tasks: Sequence[str], data_dir: str | Path, task_dirs: Mapping[str, str] | None = None) -> list[Path]:
+    """Returns the train and dev tsv files of `tasks` that a local GLUE copy holds (`missing_glue_files` names
+    those it lacks): what a run reads, for its data fingerprint."""
+    files = []
+    for task in tasks:
+        spec = _task_spec(task)
+        folder = _task_directory(spec, Path(data_dir).expanduser(), (task_dirs or {}).get(task))
+        files += [folder / _TSV_FILES[split] for split in ("train", *spec.task.eval_splits.values())]
+    return files
 
 
 def load_glue_split(

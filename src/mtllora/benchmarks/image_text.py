@@ -24,10 +24,10 @@ import torch
 from datasets import Dataset
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedTokenizerBase, Trainer
 
 from ..metrics import caption_metrics, exact_match_accuracy, vqa_accuracy, vqa_score_accuracy
-from ..models import ModelConfig, load_pretrained
+from ..models import ModelConfig, load_pretrained, load_tokenizer
 from ..vl_bart import VLBartForConditionalGeneration
 from .base import Benchmark, mix_tasks
 from .generation import generate_image_text, pad_visual_tokens, write_jsonl
@@ -42,6 +42,7 @@ from .image_text_data import (
     input_text,
     load_task,
     official_feature_paths,
+    open_h5,
     sample_target,
 )
 
@@ -162,11 +163,14 @@ class ImageTextBenchmark(Benchmark):
 
     @property
     def features(self) -> dict[str, ImageFeatures]:
-        """One feature store per task, opened on first use (after `check_inputs` has named anything missing)."""
+        """One feature store per task, opened on first use (after `check_inputs` has named anything missing); every
+        image must have the width of the first task's first image, which the model's visual embedding takes."""
         if self._features is None:
-            self._features = {
-                task: ImageFeatures(paths, n_boxes=self.n_boxes) for task, paths in self.feature_paths.items()
-            }
+            stores = {task: ImageFeatures(paths, n_boxes=self.n_boxes) for task, paths in self.feature_paths.items()}
+            dim = stores[self.tasks[0]].expected_dim()
+            for store in stores.values():
+                store.dim = dim
+            self._features = stores
         return self._features
 
     def check_inputs(self) -> None:
@@ -187,6 +191,23 @@ class ImageTextBenchmark(Benchmark):
                 f"{self.tasks}: {', '.join(missing)}. Expected a VL-T5 datasets/ folder (or a data "
                 f"root holding it as image_text/): {EXPECTED_LAYOUT}"
             )
+        unreadable = []
+        for path in dict.fromkeys(path for paths in self.feature_paths.values() for path in paths):
+            if path.is_file():  # opening reads the header only; a truncated file fails here, not mid-training
+                try:
+                    open_h5(path).close()
+                except OSError as err:
+                    unreadable.append(str(err))
+        if unreadable:
+            raise OSError(f"image_text: {len(unreadable)} unreadable feature file(s): {'; '.join(unreadable)}")
+
+    def data_files(self) -> list[Path]:
+        """The JSON files beside each annotation file the run reads (its splits, and the answer vocabularies and VQA
+        annotations that loading reads when present), and the feature files or folders."""
+        read = [annotation_file(task, split, self.data_dir) for task in self.tasks for split in self._read_splits(task)]
+        folders = dict.fromkeys(path.parent for path in read)
+        features = [path for task in self.tasks for path in self.feature_paths[task]]
+        return [*(f for folder in folders for f in sorted(folder.glob("*.json"))), *dict.fromkeys(features)]
 
     @property
     def trainable(self) -> list[str]:
@@ -273,10 +294,12 @@ class ImageTextBenchmark(Benchmark):
 
     # --- model and evaluation -------------------------------------------------------------------------------
 
-    def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-        feat_dim = self.features[self.tasks[0]].feature_dim()
+    def build_model(
+        self, model_cfg: ModelConfig, with_tokenizer: bool = True
+    ) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
+        feat_dim = self.features[self.tasks[0]].expected_dim()  # every image's width (`features`)
         model = load_pretrained(model_cfg, VLBartForConditionalGeneration, feat_dim=feat_dim)
-        return model, AutoTokenizer.from_pretrained(model_cfg.name_or_path)
+        return model, load_tokenizer(model_cfg) if with_tokenizer else None
 
     def evaluate(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict[str, float]]:
         ds_config = trainer.args.hf_deepspeed_config.config if trainer.is_deepspeed_enabled else {}

@@ -43,6 +43,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .base import read_text
+
 logger = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("vqa", "gqa", "nlvr", "caption")
@@ -149,7 +151,7 @@ def _read_json(path: str | os.PathLike[str]) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"no data file {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise MalformedRecordError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
 
@@ -513,6 +515,15 @@ def downsample_grid(features: np.ndarray, boxes: np.ndarray, n_boxes: int) -> tu
     return pooled.astype(features.dtype, copy=False), union.astype(boxes.dtype, copy=False)
 
 
+def open_h5(path: Path) -> h5py.File:
+    """Opens an HDF5 feature file for reading; a file that is not readable HDF5 (truncated by an interrupted copy,
+    another format) is an OSError naming it (h5py's own names no file)."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise OSError(f"{path}: not a readable HDF5 feature file ({err}); copy or extract it again") from None
+
+
 class ImageFeatures:
     """Region features by image id, read lazily from HDF5 (one image at a time; files stay open, per process).
 
@@ -523,10 +534,16 @@ class ImageFeatures:
     divided by `<img_id>/img_w` and `img_h` and clamped; without img_w/img_h the stored boxes must already be in
     0..1; without boxes they are zeros, as VL-Adapter's CLIP loaders feed them (VL-BART's "pos" input is these 4
     values plus the box area). `n_boxes` pools a larger square grid down (`downsample_grid`); None keeps what is
-    stored.
+    stored. `dim`: the feature width every image must have (None: the first image's, `feature_dim`); an image of
+    another width is an error naming it and its file.
     """
 
-    def __init__(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], n_boxes: int | None = None):
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        n_boxes: int | None = None,
+        dim: int | None = None,
+    ):
         self.paths = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
         if not self.paths:
             raise ValueError("ImageFeatures needs at least one feature file or folder")
@@ -534,6 +551,7 @@ class ImageFeatures:
             if not path.exists():
                 raise FileNotFoundError(f"no image feature file or folder {path}")
         self.n_boxes = n_boxes
+        self.dim = dim
         self._files: dict[Path, h5py.File] = {}
         self._pid = os.getpid()
 
@@ -543,7 +561,7 @@ class ImageFeatures:
         if self._pid != os.getpid():
             self._files, self._pid = {}, os.getpid()
         if path not in self._files:
-            self._files[path] = h5py.File(path, "r")
+            self._files[path] = open_h5(path)
         return self._files[path]
 
     def _source(self, image_id: str) -> Path | None:
@@ -564,8 +582,10 @@ class ImageFeatures:
         return [image_id for image_id in dict.fromkeys(image_ids) if self._source(image_id) is None]
 
     def check(self, image_ids: Iterable[str], what: str = "dataset") -> None:
-        """Raises one MissingImageFeaturesError listing the first few missing ids and their count, so a dataset
-        fails up front rather than at its first batch without features."""
+        """Raises one MissingImageFeaturesError listing the first few missing ids and their count, or a ValueError
+        listing images of multi-image files whose feature width is not `dim` (a shape lookup in the open file; a
+        folder's per-image files are checked as they are read), so a dataset fails up front rather than at its
+        first batch."""
         image_ids = list(dict.fromkeys(image_ids))
         missing = self.missing(image_ids)
         if missing:
@@ -573,6 +593,17 @@ class ImageFeatures:
             raise MissingImageFeaturesError(
                 f"{what}: {len(missing)} of {len(image_ids)} image ids have no features in "
                 f"{', '.join(map(str, self.paths))}: {', '.join(missing[:_SHOW])}{more}"
+            )
+        dim = self.expected_dim()
+        wrong = []
+        for image_id in image_ids:
+            source = self._source(image_id)
+            if not source.is_dir() and (width := self._file(source)[image_id]["features"].shape[-1]) != dim:
+                wrong.append(f"{image_id} in {source} ({width})")
+        if wrong:
+            raise ValueError(
+                f"{what}: {len(wrong)} of {len(image_ids)} images have features of another width than {dim} (the "
+                f"first image's of {self.paths[0]}): {', '.join(wrong[:_SHOW])}{', ...' if len(wrong) > _SHOW else ''}"
             )
 
     def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -583,17 +614,23 @@ class ImageFeatures:
                 f"no features for image id {image_id!r} in {', '.join(map(str, self.paths))}"
             )
         if source.is_dir():
-            with h5py.File(source / f"{image_id}.h5", "r") as f:
-                return self._read(f[image_id], image_id)
-        return self._read(self._file(source)[image_id], image_id)
+            with open_h5(source / f"{image_id}.h5") as f:
+                return self._read(f[image_id], image_id, source / f"{image_id}.h5")
+        return self._read(self._file(source)[image_id], image_id, source)
 
     __getitem__ = get
 
-    def _read(self, group: h5py.Group, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """Returns the features and normalised boxes of one image's group, pooled to `n_boxes` if asked."""
+    def _read(self, group: h5py.Group, image_id: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the features and normalised boxes of one image's group (read from `path`), pooled to `n_boxes` if
+        asked."""
         features = np.asarray(group["features"][()], dtype=np.float32)
         if features.ndim != 2:
-            raise ValueError(f"image {image_id!r}: features must be [boxes, dim], got shape {features.shape}")
+            raise ValueError(f"image {image_id!r} in {path}: features must be [boxes, dim], got shape {features.shape}")
+        if features.shape[1] != (dim := self.expected_dim()):
+            raise ValueError(
+                f"image {image_id!r} in {path}: features are {features.shape[1]} wide, expected {dim} (the width of "
+                f"the first image of {self.paths[0]}, which the model's visual embedding takes)"
+            )
         if "boxes" not in group:
             boxes = np.zeros((len(features), 4), dtype=np.float32)
         else:
@@ -618,13 +655,19 @@ class ImageFeatures:
             first = next(iter(sorted(source.glob("*.h5"))), None)
             if first is None:
                 raise ValueError(f"feature folder {source} holds no <img_id>.h5 files")
-            with h5py.File(first, "r") as f:
+            with open_h5(first) as f:
                 return int(f[first.stem]["features"].shape[-1])
         handle = self._file(source)
         first_id = next(iter(handle), None)
         if first_id is None:
             raise ValueError(f"feature file {source} holds no images")
         return int(handle[first_id]["features"].shape[-1])
+
+    def expected_dim(self) -> int:
+        """Returns the width every image's features must have: `dim`, set from `feature_dim` on first use."""
+        if self.dim is None:
+            self.dim = self.feature_dim()
+        return self.dim
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickles without the open HDF5 handles (a DataLoader worker started by spawn or forkserver gets a copy and

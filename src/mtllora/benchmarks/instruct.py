@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from ..metrics import RunWarning
 from ..models import ModelConfig, load_pretrained, load_tokenizer
-from .base import Benchmark, ExportLayout, same_model_layout
+from .base import Benchmark, ExportLayout, read_text, same_model_layout
 from .generation import generate, write_jsonl
 
 # The official training prompt (mlora_finetune.py), whitespace included: the 16-space indentation and the trailing
@@ -76,7 +78,7 @@ def read_json_records(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no data file {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     start = text.lstrip()[:1]
     if start == "[":
         records = _parse_json(path, text)
@@ -118,6 +120,62 @@ def _record_problem(record: Any) -> str | None:
         if key in record and not isinstance(record[key], str):
             return f"{key!r} must be a string, got {type(record[key]).__name__} {record[key]!r:.60}"
     return None
+
+
+def label_problem(record: Mapping[str, Any]) -> str | None:
+    """Returns what keeps a test record from being scored, or None: its label (`answer`, else `output`) is empty, which
+    a response without an answer (prediction "") would match."""
+    key = "answer" if "answer" in record else "output"
+    if not record[key].strip():
+        label = f"{key!r} is {record[key]!r}" + ("" if key == "answer" else " and there is no 'answer'")
+        return f"empty label: {label}; a test record needs the answer its response is scored against"
+    return None
+
+
+def training_problem(
+    task: str, records: Sequence[Mapping[str, Any]], source: str, where: Callable[[int], str]
+) -> str | None:
+    """Returns why the training records of `task`, read from `source`, cannot train it, or None: there are none (the
+    task would be evaluated untrained), or every `output` is empty (it would learn to answer with EOS alone).
+    `where(i)` names record i (e.g. "train.json: record 3"). Some empty outputs among others are a warning
+    (`warn_empty_outputs`)."""
+    if not records:
+        return f"task {task!r} has no training records in {source}; every task of benchmark.tasks needs some"
+    if all(not record["output"].strip() for record in records):
+        return (
+            f"task {task!r}: all {len(records)} training records have an empty 'output' (first: {where(0)}); the "
+            f"model would learn to answer with EOS alone"
+        )
+    return None
+
+
+def warn_empty_outputs(name: str, tasks: Sequence[str], records: Sequence[Mapping[str, Any]]) -> None:
+    """Warns (RunWarning, kept in metrics.json) about each task whose training records include some with an empty
+    `output`: each of them trains the model to stop at once, which the run's numbers then reflect."""
+    empty: dict[int, list[Mapping[str, Any]]] = {}
+    for record in records:
+        if not record["output"].strip():
+            empty.setdefault(record["task_id"], []).append(record)
+    totals = Counter(record["task_id"] for record in records)
+    for task_id, rows in sorted(empty.items()):
+        warnings.warn(
+            f"{name}: {len(rows)} of {totals[task_id]} training records of task {tasks[task_id]!r} have an empty "
+            f"'output' (first: instruction {rows[0]['instruction']!r:.80}); each trains the model to answer with EOS "
+            f"alone",
+            RunWarning,
+            stacklevel=2,
+        )
+
+
+def _compile_pattern(task: str, pattern: str) -> re.Pattern[str]:
+    """Returns benchmark.answer_patterns' regex of `task`, or an error naming the task and the pattern."""
+    try:
+        return re.compile(pattern)
+    except (re.error, TypeError) as err:
+        raise ValueError(
+            f"benchmark.answer_patterns.{task}: {pattern!r} is not a valid regular expression ({err}); expected a "
+            f"Python regex whose first match (group 1 if it has one) is the answer"
+        ) from None
 
 
 class InstructBenchmark(Benchmark):
@@ -164,7 +222,7 @@ class InstructBenchmark(Benchmark):
         self.eval_batch_size = eval_batch_size
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
-        self.answer_patterns = {t: re.compile(p) for t, p in (answer_patterns or {}).items()}
+        self.answer_patterns = {t: _compile_pattern(t, p) for t, p in (answer_patterns or {}).items()}
         self.cache_dir = Path(cache_dir)
         self.seed = seed
 
@@ -189,6 +247,8 @@ class InstructBenchmark(Benchmark):
     def score(self, task: str, rows: list[dict[str, Any]]) -> dict[str, float]:
         """Returns the metrics of `task` from its evaluation rows ({label, response, prediction, ...}), marking each
         row `correct`: accuracy and the share of responses with no answer found."""
+        if not rows:
+            raise ValueError(f"{self.name}: task {task!r} has no evaluation records to score")
         for row in rows:
             row["correct"] = self.is_correct(task, row["prediction"], row["label"])
         return {
@@ -201,8 +261,10 @@ class InstructBenchmark(Benchmark):
         return [r for path in self.train_files for r in self._with_task_ids(read_records(path), path)]
 
     def test_records(self, task: str) -> list[dict[str, Any]]:
-        """Returns the evaluation records of `task` (a fixed seeded subsample when max_eval_samples is set)."""
-        return self._subsample(read_records(self.test_files[task]), self.max_eval_samples, seed=0)
+        """Returns the evaluation records of `task` (a fixed seeded subsample when max_eval_samples is set); each
+        has a label (its `answer`, else its `output`) that is not empty."""
+        records = read_records(self.test_files[task], check=label_problem)
+        return self._subsample(records, self.max_eval_samples, seed=0)
 
     # --- the Benchmark interface ----------------------------------------------------------------------------
 
@@ -210,14 +272,23 @@ class InstructBenchmark(Benchmark):
         """Reads every train and test file and checks every record (and its task); raises one InputsError listing
         each problem."""
         problems = []
+        per_task: list[list[dict[str, Any]]] = [[] for _ in self.tasks]
+        places: list[list[str]] = [[] for _ in self.tasks]
         for path in self.train_files:
             try:
-                self._with_task_ids(read_records(path), path)
+                for index, record in enumerate(self._with_task_ids(read_records(path), path)):
+                    per_task[record["task_id"]].append(record)
+                    places[record["task_id"]].append(f"{path}: record {index}")
             except (OSError, ValueError) as err:
                 problems.append(str(err))
+        if not problems:  # a file that failed leaves its tasks' records uncounted
+            source = ", ".join(map(str, self.train_files)) or "benchmark.train_files (none given)"
+            for task, records, where in zip(self.tasks, per_task, places, strict=True):
+                if problem := training_problem(task, records, source, where.__getitem__):
+                    problems.append(problem)
         for task, path in self.test_files.items():
             try:
-                if not read_records(path):
+                if not read_records(path, check=label_problem):
                     problems.append(f"{path}: no records (the test file of task {task!r})")
             except (OSError, ValueError) as err:
                 problems.append(f"{err} (the test file of task {task!r})")
@@ -228,7 +299,12 @@ class InstructBenchmark(Benchmark):
                 + "Records: JSON lists or JSON Lines of {instruction, input, output, answer?, task | task_id}."
             )
 
-    def build_model(self, model_cfg: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    def data_files(self) -> list[Path]:
+        return [*self.train_files, *(self.test_files[task] for task in self.tasks)]
+
+    def build_model(
+        self, model_cfg: ModelConfig, with_tokenizer: bool = True
+    ) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
         config = AutoConfig.from_pretrained(model_cfg.name_or_path, gguf_file=model_cfg.gguf_file)
         causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
         # What the checkpoint holds matters: BERT has a causal-LM class, but a BertModel checkpoint is an encoder.
@@ -240,6 +316,8 @@ class InstructBenchmark(Benchmark):
                 f"(e.g. LlamaForCausalLM, Qwen2ForCausalLM)"
             )
         model = load_pretrained(model_cfg, AutoModelForCausalLM)
+        if not with_tokenizer:
+            return model, None
         tokenizer = load_tokenizer(model_cfg)
         if tokenizer.pad_token_id is None:
             # The official recipe pads with unk (id 0 for LLaMA-2); models without unk pad with eos.
@@ -258,6 +336,7 @@ class InstructBenchmark(Benchmark):
             for task_id in sorted(per_task)
             for r in self._subsample(per_task[task_id], self.max_train_samples, seed=self.seed + task_id)
         ]
+        warn_empty_outputs(self.name, self.tasks, records)
         dataset = Dataset.from_list(
             [
                 {"instruction": r["instruction"], "input": r["input"], "output": r["output"], "task_ids": r["task_id"]}
