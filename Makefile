@@ -19,7 +19,7 @@ ifneq ($(SHARED_DATA),)
 $(CPU_TARGETS): export MTLLORA_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: help install test lint format bench tables plan rehearse reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full reproduce-ablations-cpu install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export clean
+.PHONY: help install test lint format bench tables plan rehearse reproduce-glue reproduce-glue-cpu reproduce-glue-cpu-full reproduce-ablations-cpu install-smollm2 reproduce-commonsense reproduce-commonsense-cpu sweep-glue-cpu reproduce-image-text reproduce-image-text-cpu export analyze clean
 
 # `make help`: every target with its `## ` line (a target without one is left out of the list).
 help: ## List the targets, one line each
@@ -37,15 +37,16 @@ test: install ## Run the test suite (PYTEST_ARGS='-k export' to choose tests)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## Check the code with ruff (lint and format)
-	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests speed scripts
+	$(PY) -m ruff format --check src tests speed scripts
 
 format: install ## Format the code and fix what ruff can
-	$(PY) -m ruff format src tests
-	$(PY) -m ruff check --fix src tests
+	$(PY) -m ruff format src tests speed scripts
+	$(PY) -m ruff check --fix src tests speed scripts
 
-bench: install ## Adapter benchmark: every method's speed and memory against its peers (BENCH_ARGS=...)
-	$(PY) -m mtllora.bench $(BENCH_ARGS)
+# The speed harness lives outside the package (speed/, run from the repository root), as PEFT's method_comparison/.
+bench: install ## Speed harness: every adapter method's speed and memory against its peers (BENCH_ARGS=...)
+	$(PY) -m speed $(BENCH_ARGS)
 
 tables: install ## Build results/tables from the finished runs (WANDB=1: also log them to W&B)
 	$(PY) -m mtllora.tables$(if $(filter 1,$(WANDB)), --wandb)
@@ -95,15 +96,18 @@ reproduce-image-text: install ## Image-text paper profile on GPUs (VL-BART), the
 reproduce-image-text-cpu: install ## Image-text CPU profile on a synthetic set, then the tables (ARGS=Hydra overrides)
 	bash scripts/reproduce-image-text-cpu.sh $(ARGS)
 
-# A trained run as PEFT adapters or a merged checkpoint (README "Serve a trained model"):
+# A trained run as PEFT adapters or a merged checkpoint (docs/serving.md):
 # make export RUN=results/runs/... FORMAT=peft-per-task OUT=exports/name [TASK=boolq] [ARGS='model.name_or_path=...']
 export: install ## Export a run: RUN=dir FORMAT=peft|peft-per-task|merged OUT=dir [TASK=name] [ARGS=key=value]
 	$(PY) -m mtllora.export $(RUN) --format $(FORMAT) --out $(OUT) $(if $(TASK),--task $(TASK)) $(ARGS)
 
+analyze: install ## Task separation and MTL-LoRA's learned weights of trained runs: RUNS="dir ..." OUT=dir [ARGS=...]
+	$(PY) -m mtllora.analyze $(RUNS) --out $(OUT) $(ARGS)
+
 clean: ## Remove .venv, outputs/, multirun/ and the tool caches
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
 
-# The prepared device check (README "GPU check"); CPU mode where there is no CUDA. On the device machine run
+# The prepared device check (docs/gpu-check.md); CPU mode where there is no CUDA. On the device machine run
 # `bash scripts/gpu-check.sh` directly (no venv there).
 .PHONY: gpu-check
 gpu-check: install ## The prepared device check (CPU mode where there is no CUDA)

@@ -7,7 +7,7 @@
 #
 # Environment: GPU_CHECK_DEVICE (auto | cuda | cpu), GPU_CHECK_OUT (default $OUT, else results/gpu-check),
 # GPU_CHECK_WHEELS (default .gpu-wheels: installed where the machine lacks them; build it with
-# `.venv/bin/python scripts/gpu_check.py wheels`), GPU_CHECK_STEPS (bench,train,generation),
+# `bash scripts/build-gpu-wheels.sh`), GPU_CHECK_STEPS (bench,train,generation),
 # GPU_CHECK_DEEPSPEED (zero2), GPU_CHECK_BENCH_SUITES (layer,model), GPU_CHECK_BENCH_ARGS, GPU_CHECK_TIMEOUT
 # (the whole check, s; default 480), PYTHON (default .venv/bin/python when present, else python3).
 # Exit status: 0 every check passed, 1 a check failed, 124 the whole check ran out of time.

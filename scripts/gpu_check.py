@@ -1,15 +1,16 @@
 """The prepared device check behind `scripts/gpu-check.sh` (`make gpu-check`): one command for a session lent a GPU.
 
     python scripts/gpu_check.py run          # the check (what gpu-check.sh runs); CPU mode where there is no CUDA
-    python scripts/gpu_check.py wheels       # here, with network: builds .gpu-wheels/ for the device machine
+
+The wheels it installs are built beforehand by their own tool (`bash scripts/build-gpu-wheels.sh`, gpu_wheels.py).
 
 `run` does, each step in its own process with its own timeout, its output appended to one log:
-  install     where the carried wheel folder is present, installs the wheels whose distribution the machine lacks
-              (or holds at a version the carried packages do not accept) into a scratch folder on PYTHONPATH;
-              never torch or transformers, which stay the machine's own
+  install     where the carried wheel folder is present, `gpu_wheels.py install`: the wheels whose distribution the
+              machine lacks (or holds at a version the carried packages do not accept) into a scratch folder on
+              PYTHONPATH; never torch or transformers, which stay the machine's own
   fixtures    tiny GLUE tsv files, a word-level tokenizer and a random-weight encoder of MiniLM-L6's shape
               (CPU mode: 2 layers, hidden 32), all written here, offline
-  bench       `python -m mtllora.bench` on the layer and model suites (cuda: bf16, full shapes; cpu: fp32, --quick)
+  bench       `python -m speed` on the layer and model suites (cuda: bf16, full shapes; cpu: fp32, --quick)
   train       `python -m mtllora.train` (GLUE, MTL-LoRA, DeepSpeed ZeRO-2; cuda: bf16) on the fixtures; the loss must
               fall and metrics.json must be written; if ZeRO-2 fails, the same run with deepspeed=none is made too,
               so the report says which part failed (the check still fails)
@@ -37,40 +38,15 @@ import sys
 import tempfile
 import time
 import traceback
-import zipfile
 from pathlib import Path
 from typing import Any
 
+from gpu_wheels import DEFAULT_WHEELS  # scripts/, this file's folder
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-DEFAULT_WHEELS = REPO / ".gpu-wheels"
 RESULT_FILE = "gpu-check.json"
 LOG_FILE = "gpu-check.log"
-
-# What the device machine lacks (KINDS.md's package list) that the engine imports, with what those need in turn.
-# Versions are taken from the environment that builds the folder (the project's pins). fsspec, typing-extensions
-# and tqdm are there too, since datasets and pydantic accept only a range of them: each is installed there only
-# when the machine's own is outside that range.
-CARRIED = [
-    "hydra-core",
-    "omegaconf",
-    "antlr4-python3-runtime",
-    "datasets",
-    "dill",
-    "multiprocess",
-    "fsspec",
-    "deepspeed",
-    "hjson",
-    "pydantic",
-    "pydantic-core",
-    "annotated-types",
-    "typing-inspection",
-    "typing-extensions",
-    "tqdm",
-]
-BUILT_FROM_SOURCE = {"antlr4-python3-runtime", "deepspeed"}  # sdist-only (antlr4 4.9.3) or built without its ops
-NEVER_INSTALL = {"torch", "transformers", "triton", "accelerate", "peft", "numpy"}
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
 
 # Shapes. SmolLM2-135M (LlamaForCausalLM) and all-MiniLM-L6-v2 (BERT) as their configs give them.
 SMOLLM2_135M = {
@@ -184,138 +160,6 @@ def pick_mode(requested: str) -> str:
     if requested not in ("cuda", "cpu"):
         raise SystemExit(f"GPU_CHECK_DEVICE must be auto, cuda or cpu, got {requested!r}")
     return requested
-
-
-def dist_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def wheel_dist(path: Path) -> tuple[str, str]:
-    """(normalised distribution name, version) of a wheel file name."""
-    name, version = path.name.split("-")[:2]
-    return dist_name(name), version
-
-
-def wheel_requirements(path: Path) -> list[str]:
-    """The Requires-Dist lines of a wheel without extras."""
-    with zipfile.ZipFile(path) as zf:
-        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        text = zf.read(meta).decode()
-    reqs = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
-    return [r for r in reqs if "extra ==" not in r]
-
-
-def installed_version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-# --- wheels (here) and install (there) -------------------------------------------------------------------------
-
-
-def build_wheels(dest: Path) -> None:
-    """Fills `dest` with Python 3.12 wheels of CARRIED at this environment's versions (pure-python where the
-    package is; manylinux x86-64 cp312 otherwise); deepspeed and antlr4 are built here as pure-python wheels."""
-    dest.mkdir(parents=True, exist_ok=True)
-    pins = {}
-    for name in CARRIED:
-        version = installed_version(name)
-        if version is None:
-            raise SystemExit(f"{name} is not installed in {sys.executable}: run this with the project's venv")
-        pins[name] = version
-    wanted = {(dist_name(n), v) for n, v in pins.items()}
-    for old in dest.glob("*.whl"):
-        if wheel_dist(old) not in wanted:
-            old.unlink()  # keep one version of each: two would stop the install there
-    pip = [sys.executable, "-m", "pip"]
-    binary = [f"{n}=={v}" for n, v in pins.items() if n not in BUILT_FROM_SOURCE]
-    platform_args = [a for p in PLATFORMS for a in ("--platform", p)]
-    cmd = [*pip, "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12", "--implementation"]
-    subprocess.run([*cmd, "cp", *platform_args, "-d", str(dest), *binary], check=True)
-    env = {**os.environ, "DS_BUILD_OPS": "0"}  # deepspeed: no precompiled ops; they are JIT-built where needed
-    source = [f"{n}=={v}" for n, v in pins.items() if n in BUILT_FROM_SOURCE]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(dest), *source], check=True, env=env)
-    for wheel in sorted(dest.glob("*.whl")):
-        python_tag, _, platform_tag = wheel.stem.split("-")[-3:]
-        if python_tag not in ("py3", "py312", "cp312", "py2.py3") or not (
-            platform_tag == "any" or "x86_64" in platform_tag
-        ):
-            raise SystemExit(f"{wheel.name} is not a Python 3.12 x86-64 wheel")
-    total = sum(w.stat().st_size for w in dest.glob("*.whl"))
-    print(f"{len(list(dest.glob('*.whl')))} wheels, {total / 2**20:.1f} MiB in {dest}")
-
-
-def plan_install(wheels: list[Path]) -> tuple[list[Path], list[str], list[str]]:
-    """Returns (wheels to install, lines on what is kept, warnings): a carried distribution is installed when the
-    machine lacks it, or when a carried package that is being installed excludes the machine's version of it
-    (repeated until nothing changes, so a package the machine already has never pulls in the carried pins)."""
-    try:
-        from packaging.requirements import Requirement
-        from packaging.version import Version
-    except ImportError:  # pip carries its own copy
-        from pip._vendor.packaging.requirements import Requirement
-        from pip._vendor.packaging.version import Version
-
-    carried = {wheel_dist(w)[0]: w for w in wheels}
-    bad = sorted(set(carried) & NEVER_INSTALL)
-    if bad:
-        raise SystemExit(f"the wheel folder holds {bad}: the machine's own must be used, remove them")
-    requires: dict[str, list[tuple[str, Any]]] = {}  # carried package -> [(dependency, specifier)]
-    for name, wheel in carried.items():
-        for line in wheel_requirements(wheel):
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate():
-                requires.setdefault(name, []).append((dist_name(req.name), req.specifier))
-    have = {name: installed_version(name) for name in carried}
-    chosen = {name for name in carried if have[name] is None}
-    why: dict[str, list[str]] = {}
-    changed = True
-    while changed:
-        changed = False
-        for who in sorted(chosen):
-            for dep, spec in requires.get(who, []):
-                if dep in carried and dep not in chosen and not spec.contains(Version(have[dep]), prereleases=True):
-                    chosen.add(dep)
-                    why.setdefault(dep, []).append(f"{who} needs {dep}{spec}")
-                    changed = True
-    kept = [
-        f"{name} {have[name]} replaced by the carried {wheel_dist(carried[name])[1]} ({'; '.join(why[name])})"
-        if name in chosen
-        else f"{name} {have[name]} (machine's own)"
-        for name in sorted(carried)
-        if have[name] is not None
-    ]
-    # What the installed packages need that neither the machine nor the folder provides: reported, not fixed.
-    warnings = []
-    for who in sorted(chosen):
-        for dep, spec in requires.get(who, []):
-            if dep in carried:
-                continue
-            version = installed_version(dep)
-            if version is None:
-                warnings.append(f"{who} needs {dep}{spec}, which the machine lacks")
-            elif not spec.contains(Version(version), prereleases=True):
-                warnings.append(f"{who} needs {dep}{spec}, the machine has {version}")
-    return [carried[name] for name in sorted(chosen)], kept, warnings
-
-
-def install_wheels(wheel_dir: Path, target: Path) -> dict[str, Any]:
-    """Installs the planned wheels into `target` (no index, no dependencies, never torch/transformers)."""
-    wheels = sorted(wheel_dir.glob("*.whl"))
-    install, kept, warnings = plan_install(wheels)
-    for line in kept + [f"WARNING: {w}" for w in warnings]:
-        print(line, flush=True)
-    if install:
-        target.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
-        cmd += ["--no-cache-dir", "--upgrade", "--target", str(target), *map(str, install)]
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-    return {"installed": [w.name for w in install], "kept": kept, "warnings": warnings, "target": str(target)}
 
 
 # --- fixtures --------------------------------------------------------------------------------------------------
@@ -656,7 +500,7 @@ def step_bench(run: Runner, py: str, plan: dict[str, Any], out: Path, work: Path
     folder = work / "bench"
     extra = os.environ.get("GPU_CHECK_BENCH_ARGS", "").split()
     suites = os.environ.get("GPU_CHECK_BENCH_SUITES", "layer,model")
-    cmd = [py, "-m", "mtllora.bench", *plan["bench_args"], "--suites", suites, "--no-adapterhub"]
+    cmd = [py, "-m", "speed", *plan["bench_args"], "--suites", suites, "--no-adapterhub"]
     cmd += ["--out", str(folder), *extra]
     check = run("bench", cmd, plan["timeouts"]["bench"])
     found = sorted(folder.glob("*.json"))
@@ -757,9 +601,10 @@ def step_train(run: Runner, py: str, plan: dict[str, Any], work: Path, mode: str
             result["checks"]["engine_compat"] = {
                 "ok": False,
                 "detail": f"this machine's transformers {result['meta']['versions'].get('transformers')} rejects "
-                f"TrainingArguments({unknown.group(1)}=...), which src/mtllora/train.py passes: the engine as it is "
-                "cannot train here. The train numbers come from the same run through `gpu_check.py train-compat`, "
-                "which maps the keyword to its older name (or drops it) and records that in compat_shims.",
+                f"TrainingArguments({unknown.group(1)}=...), which src/mtllora/training_args.py passes: the engine as "
+                "it is cannot train here. The train numbers come from the same run through `gpu_check.py "
+                "train-compat`, which maps the keyword to its older name (or drops it) and records that in "
+                "compat_shims.",
             }
             log(f"engine_compat: {result['checks']['engine_compat']['detail']}")
             compat = True
@@ -870,7 +715,7 @@ def main_run(args: argparse.Namespace) -> int:
     paths = [str(REPO / "src"), str(SCRIPTS)]
     if wheel_dir.is_dir() and any(wheel_dir.glob("*.whl")):
         record = work / "install.json"
-        cmd = [py, str(Path(__file__)), "install", "--wheels", str(wheel_dir), "--target", str(site)]
+        cmd = [py, str(SCRIPTS / "gpu_wheels.py"), "install", "--wheels", str(wheel_dir), "--target", str(site)]
         check = run("install", [*cmd, "--json", str(record)], plan["timeouts"]["install"])
         check["ok"] = check["rc"] == 0
         if record.exists():
@@ -974,12 +819,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="the whole check (what scripts/gpu-check.sh runs)")
-    w = sub.add_parser("wheels", help="build the wheel folder for the device machine (here, with network)")
-    w.add_argument("--dest", type=Path, default=DEFAULT_WHEELS)
-    i = sub.add_parser("install", help="install the carried wheels the machine lacks (on the device machine)")
-    i.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS)
-    i.add_argument("--target", type=Path, required=True)
-    i.add_argument("--json", type=Path, help="also write the summary here")
     g = sub.add_parser("generation", help="the batched vs one-by-one generation check, to a JSON file")
     g.add_argument("--mode", choices=["cuda", "cpu"], required=True)
     g.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
@@ -993,14 +832,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return main_run(args)
-    if args.command == "wheels":
-        build_wheels(args.dest)
-        return 0
-    if args.command == "install":
-        summary = install_wheels(args.wheels, args.target)
-        if args.json:
-            write_json(args.json, summary)
-        return 0
     results: dict[str, Any] = {}
     for dtype in args.dtypes.split(","):
         if dtype not in LOGIT_TOLERANCE:

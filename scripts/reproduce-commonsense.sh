@@ -2,7 +2,7 @@
 # Commonsense, paper profile (GPUs; never run on this project's CPU machines): LLaMA-2-7B, the five methods with
 # their official recipes, every GPU of this machine through the DeepSpeed launcher, then the tables. First the plan
 # (python -m mtllora.plan: data, memory, hours; it stops here when the preflight fails). Needs the LLM-Adapters
-# data under MTLLORA_DATA_DIR (see README); extra arguments are Hydra overrides for every run, e.g.
+# data under MTLLORA_DATA_DIR (see docs/commonsense.md#data); extra arguments are Hydra overrides for every run, e.g.
 # `benchmark.train_file=/data/commonsense_170k_taskid.json` or `model=llama3_8b`.
 # Knobs (environment): METHODS, SEEDS, NGPUS, RUNS_DIR (results/runs), TABLES_DIR (results/tables); the rehearsal
 # (make rehearse) sets them.

@@ -9,18 +9,19 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=data/synthetic_image_text
 start=$(date +%s)
-# The set, its features and the model are rebuilt whenever these settings (or the scripts' version) change.
+# The set, its features and the model are rebuilt whenever these settings (or their modules' version) change: the
+# tag only names this cache's build; the committed runs (skipped below by their metrics.json) do not record it.
 settings="seed 0, train ${TRAIN_PER_TASK:-2000}, eval ${EVAL_PER_TASK:-500}, pixels 9 x 128, d_model 128, $(
-  git log -1 --format=%h -- scripts/make-synthetic-image-text.py scripts/extract-image-features.py \
-    scripts/make-tiny-vl-bart.py 2>/dev/null || true)"
+  git log -1 --format=%h -- src/mtllora/benchmarks/image_text_synthetic.py \
+    src/mtllora/benchmarks/image_text_features.py src/mtllora/vl_bart_tiny.py 2>/dev/null || true)"
 if [ "$(cat "$DATA/settings" 2>/dev/null)" != "$settings" ]; then
   rm -rf "$DATA"
-  "$PY" scripts/make-synthetic-image-text.py --out "$DATA" --seed 0 --train-per-task "${TRAIN_PER_TASK:-2000}" \
+  "$PY" -m mtllora.benchmarks.image_text_synthetic --out "$DATA" --seed 0 --train-per-task "${TRAIN_PER_TASK:-2000}" \
     --eval-per-task "${EVAL_PER_TASK:-500}"
   # 9 grid cells: the scenes' 3x3 layout, one object per cell.
-  "$PY" scripts/extract-image-features.py --backbone pixels --dim 128 --boxes 9 --output "$DATA/features.h5" \
+  "$PY" -m mtllora.benchmarks.image_text_features --backbone pixels --dim 128 --boxes 9 --output "$DATA/features.h5" \
     --images "$DATA/COCO/images" "$DATA/VG/images" "$DATA/GQA/images" "$DATA/nlvr/images"
-  "$PY" scripts/make-tiny-vl-bart.py --data "$DATA" --feat-dim 128 --d-model 128 --out "$DATA/tiny-vl-bart"
+  "$PY" -m mtllora.vl_bart_tiny --data "$DATA" --feat-dim 128 --d-model 128 --out "$DATA/tiny-vl-bart"
   echo "$settings" > "$DATA/settings"
 fi
 for method in lora dora multilora moelora mtl_lora; do

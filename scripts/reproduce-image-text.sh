@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Image-text, paper profile (experiment=image_text; GPUs, never run on this project's CPU machines): VL-BART on
 # VQAv2, GQA, NLVR2 and COCO Caption, five methods, seed 1, each with its official script's values, then the tables.
-# Data: a VL-T5 datasets/ folder with the CLIP-RN101 features (README, "Image-text"): MTLLORA_DATA_DIR (a root holding image_text/, or that folder), or benchmark.data_dir=...
-# among the extra Hydra overrides, which apply to every run; every run checks its files before the model loads.
+# Data: a VL-T5 datasets/ folder with the CLIP-RN101 features (docs/image-text.md#data): MTLLORA_DATA_DIR (a root
+# holding image_text/, or that folder), or benchmark.data_dir=... among the extra Hydra overrides, which apply to
+# every run; every run checks its files before the model loads.
 # Every GPU of this machine through the DeepSpeed launcher (NGPUS= to choose); the global batch stays the recipe's.
 # Rerunning continues a stopped profile (trainer.resume=true): finished runs return at once, an interrupted one goes
 # on from its last complete checkpoint.

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from mtllora.adapters import AdapterConfig, apply_adapters
-from mtllora.bench import harness, main, report
-from mtllora.bench.formulations import OfficialMTLLoRALinear, OfficialMultiLoRALinear, TaskIds
-from mtllora.bench.harness import measure, peak_step_memory
-from mtllora.bench.suites import ADAPTERHUB_ROWS, OUR_METHODS, SingleLinear
+from speed import harness, main, report
+from speed.formulations import OfficialMTLLoRALinear, OfficialMultiLoRALinear, TaskIds
+from speed.harness import measure, peak_step_memory
+from speed.suites import ADAPTERHUB_ROWS, OUR_METHODS, SingleLinear
 
 from .conftest import randomize_adapters
 

@@ -137,22 +137,12 @@ def test_run_directory_problems(tmp_path, monkeypatch):
     )
 
 
-def _unwritable_file_parent(tmp: Path) -> Path:
-    (tmp / "file").write_text("")
-    return tmp / "file" / "runs"
-
-
-def _unwritable_read_only(tmp: Path) -> Path:
-    (tmp / "ro").mkdir(mode=0o555)
-    if os.access(tmp / "ro", os.W_OK):
-        pytest.skip("root writes into read-only folders")
-    return tmp / "ro" / "runs"
-
-
-@pytest.mark.parametrize("make", [_unwritable_file_parent, _unwritable_read_only])
-def test_the_command_line_names_an_unwritable_run_directory(make, tiny_encoder_dir, tiny_glue_dir, tmp_path):
-    # Without the check, Hydra fails opening its log file there: "Unable to configure handler 'file'".
-    runs = make(tmp_path)
+def test_the_command_line_names_an_unwritable_run_directory(tiny_encoder_dir, tiny_glue_dir, tmp_path):
+    # Without the check, Hydra fails opening its log file there: "Unable to configure handler 'file'". A file where
+    # the runs folder's parent should be stops root too (a read-only folder would not: root writes into it; the
+    # not-writable message itself is tested above).
+    (tmp_path / "file").write_text("")
+    runs = tmp_path / "file" / "runs"
     args = [*overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path)[:-1], f"paths.runs_dir={runs}"]
     result = subprocess.run(
         [sys.executable, "-m", "mtllora.train", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120

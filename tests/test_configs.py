@@ -12,8 +12,9 @@ from transformers import AutoConfig, AutoModel
 
 from mtllora.adapters import AdapterConfig, apply_adapters, count_parameters
 from mtllora.config_check import config_problems
+from mtllora.configs import CONFIG_DIR, register_resolvers
 from mtllora.models import ModelConfig
-from mtllora.train import CONFIG_DIR, passed_training_arguments, register_resolvers
+from mtllora.training_args import passed_training_arguments
 
 METHODS = ["lora", "lora_r16", "dora", "multilora", "moelora", "mtl_lora"]
 

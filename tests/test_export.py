@@ -31,6 +31,8 @@ from mtllora.adapters import AdapterConfig, AdapterFileError, apply_adapters, re
 from mtllora.benchmarks.commonsense import TASKS as COMMONSENSE_TASKS
 from mtllora.benchmarks.glue_data import glue_input_columns, glue_task, load_glue_split
 from mtllora.benchmarks.instruct import alpaca_prompt, read_records
+from mtllora.configs import instantiate_node
+from mtllora.engine import ADAPTER_FILE
 from mtllora.export import export
 from mtllora.export import main as export_main
 from mtllora.metrics import glue_metrics
@@ -39,7 +41,7 @@ from mtllora.predict import main as predict_main
 from mtllora.predict import predict
 from mtllora.runs import load_run
 from mtllora.testing import commonsense_record, write_tiny_commonsense
-from mtllora.train import ADAPTER_FILE, instantiate_node, method_adapter_config, run
+from mtllora.train import method_adapter_config, run
 
 from .conftest import ALL_METHODS, TASK_AWARE, randomize_adapters, write_tiny_llama
 from .test_train import ENV, REPO, compose_cfg

@@ -1,8 +1,8 @@
-"""The prepared device check (scripts/gpu-check.sh) in its CPU mode, end to end, and its helpers."""
+"""The prepared device check (scripts/gpu-check.sh) in its CPU mode, end to end, its helpers and the install plan of
+its wheel tool (scripts/gpu_wheels.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_check)
+sys.path.insert(0, str(REPO / "scripts"))  # the check and its wheel tool, as `python scripts/gpu_check.py` sees them
+import gpu_check  # noqa: E402
+import gpu_wheels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_install_plan_installs_what_is_missing_or_out_of_range(tmp_path):
     missing = _fake_wheel(tmp_path, "surely-not-installed-pkg", "1.0", ["pytest<1", "packaging>=1", "absent-dep>=2"])
     pinned = _fake_wheel(tmp_path, "pytest", "0.1")
     keep = _fake_wheel(tmp_path, "packaging", importlib.metadata.version("packaging"))
-    install, kept, warnings = gpu_check.plan_install([missing, pinned, keep])
+    install, kept, warnings = gpu_wheels.plan_install([missing, pinned, keep])
     assert install == [pinned, missing]
     assert any(line.startswith("packaging") and "machine's own" in line for line in kept)
     assert any(line.startswith("pytest") and "replaced" in line and "surely-not-installed-pkg" in line for line in kept)
@@ -138,10 +138,10 @@ def test_install_plan_leaves_what_the_machine_has_with_its_own_dependencies(tmp_
     version = importlib.metadata.version("pytest")
     carried_pytest = _fake_wheel(tmp_path, "pytest", version, ["packaging==0.0.1"])
     carried_packaging = _fake_wheel(tmp_path, "packaging", "0.0.1")
-    install, kept, warnings = gpu_check.plan_install([carried_pytest, carried_packaging])
+    install, kept, warnings = gpu_wheels.plan_install([carried_pytest, carried_packaging])
     assert install == [] and warnings == [] and all("machine's own" in line for line in kept)
 
 
 def test_install_plan_refuses_torch_and_transformers(tmp_path):
     with pytest.raises(SystemExit, match="transformers"):
-        gpu_check.plan_install([_fake_wheel(tmp_path, "transformers", "5.0")])
+        gpu_wheels.plan_install([_fake_wheel(tmp_path, "transformers", "5.0")])

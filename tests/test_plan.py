@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from mtllora import plan
 from mtllora.adapters import AdapterConfig, apply_adapters, count_parameters
-from mtllora.train import instantiate_node
+from mtllora.configs import instantiate_node
 
 LLAMA2_7B_PARAMETERS = 6_738_415_616  # meta-llama/Llama-2-7b-hf
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from mtllora.configs import CONFIG_DIR, register_resolvers
 from mtllora.rundir import (
     REPO_ROOT,
     RunDirError,
@@ -24,7 +25,6 @@ from mtllora.rundir import (
     run_suffix,
     stored_inputs,
 )
-from mtllora.train import CONFIG_DIR, register_resolvers
 
 
 def test_run_suffix_keeps_only_overrides_that_change_results():

@@ -8,27 +8,32 @@ import datetime
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from mtllora.benchmarks.glue import GlueBenchmark
 from mtllora.metrics import glue_average, task_score
-from mtllora.tables import (
+from mtllora.tables import build_tables, main
+from mtllora.tables.collect import (
     AVERAGE,
     Difference,
     TablesError,
     _run_blocks,
-    benchmark_average,
-    build_tables,
-    difference_sentence,
     format_params,
     load_runs,
-    main,
     sweep_lines,
 )
+from mtllora.tables.render import _latex_escape, difference_sentence
 
 REPO_PAPER = Path(__file__).resolve().parents[1] / "results" / "paper"
 TOTAL = 22_800_000
+# The class each fake run's config names, as the engine stores it: the tables take task names and averages from it.
+TARGETS = {
+    "glue": "mtllora.benchmarks.glue.GlueBenchmark",
+    "commonsense": "mtllora.benchmarks.commonsense.CommonsenseBenchmark",
+}
 
 
 def write_run(root: Path, name: str, method: str, label: str, seed: int, tasks: dict, **fields) -> Path:
@@ -49,6 +54,7 @@ def write_run(root: Path, name: str, method: str, label: str, seed: int, tasks: 
         "config": {"anything": [1, 2]},
         **fields,
     }
+    record["config"].setdefault("benchmark", {}).setdefault("_target_", TARGETS[record["benchmark"]])
     path = root / name / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record))
@@ -533,7 +539,7 @@ def test_single_task_runs_combine(tmp_path):
     union = {task: metrics[task] for task, metrics in tasks.items()}
     assert run.average == pytest.approx(glue_average(union))  # what one multi-task run on the union reports
     # MNLI-m and MNLI-mm count as one task, as in glue_average: (40 + (80 + 90) / 2) / 2.
-    assert benchmark_average({"cola": 40.0, "mnli_m": 80.0, "mnli_mm": 90.0}) == 62.5
+    assert GlueBenchmark.score_average({"cola": 40.0, "mnli_m": 80.0, "mnli_mm": 90.0}) == 62.5
 
 
 def test_partial_coverage_has_no_avg(tmp_path):
@@ -839,3 +845,125 @@ def test_a_runs_warnings_are_printed_beside_its_row(tmp_path):
     assert rows["DoRA"]["warnings"] == ""
     tex = (tmp_path / "out" / "glue.tex").read_text()
     assert "LoRA $^{\\dagger1}$ & 2 &" in tex and "% †2 MTL-LoRA, seed 1: x_y\n" in tex
+
+
+# Ablations (issue 21): variants of MTL-LoRA (method mtl_lora, labels of configs/method/mtl_lora_*.yaml) beside the
+# runs of `paired_dir`. No Λ_t, seeds 1-3: CoLA 40, 41, 41 and SST-2 80, 82, 80 against MTL-LoRA's (42, 81), (43, 85),
+# (44, 80); n=1, seed 1 only: MTL-LoRA's own scores.
+NO_LAMBDA = {1: (40, 80), 2: (41, 82), 3: (41, 80)}
+
+
+@pytest.fixture(scope="module")
+def ablation_built(paired_dir, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ablation") / "runs"
+    shutil.copytree(paired_dir, root)
+    for seed, (cola, sst2) in NO_LAMBDA.items():
+        write_scores(root, f"no_lambda-s{seed}", "mtl_lora", "MTL-LoRA (no Λ_t)", seed, 290_000, cola=cola, sst2=sst2)
+    write_scores(root, "n1-s1", "mtl_lora", "MTL-LoRA (n=1)", 1, 200_000, cola=42, sst2=81)
+    out = root.parent / "out"
+    build_tables(root, out, out / "no_paper")
+    return root, out
+
+
+ABLATION_TITLE = "glue_cpu_2ep · minilm-l6 · ablations of MTL-LoRA"
+
+
+def test_ablation_block_has_the_variants_and_their_paired_differences(ablation_built, paired_built):
+    markdown = (ablation_built[1] / "glue.md").read_text()
+    # The profile's block is as without the variants: they have a block of their own.
+    assert section(markdown, "glue_cpu_2ep · minilm-l6") == section(
+        (paired_built / "glue.md").read_text(), "glue_cpu_2ep · minilm-l6"
+    )
+    assert (
+        "\n## glue_cpu_2ep · minilm-l6\n" in markdown and markdown.count("(no Λ_t)") == 3
+    )  # row, difference, sentence
+    assert section(markdown, ABLATION_TITLE) == [
+        "| Method | seeds | CoLA | SST-2 | Avg | #Params |",
+        "|:--|--:|--:|--:|--:|--:|",
+        # Avg per seed (42 + 81) / 2 = 61.5, 64, 62; 300000 / 23.0M = 1.30%.
+        "| MTL-LoRA | 3 | 43.00 ± 1.00 | 82.00 ± 2.65 | 62.50 ± 1.32 | 0.30M (1.30%) |",
+        "| MTL-LoRA (n=1) | 1 | 42.00 | 81.00 | 61.50 | 0.20M (0.87%) |",
+        # Avg per seed 60, 61.5, 60.5; 290000 / 22.99M = 1.26%.
+        "| MTL-LoRA (no Λ_t) | 3 | 40.67 ± 0.58 | 80.67 ± 1.15 | 60.67 ± 0.76 | 0.29M (1.26%) |",
+        "| Difference | n | CoLA | SST-2 | Avg |",
+        "|:--|--:|--:|--:|--:|",
+        "| MTL-LoRA (n=1) − MTL-LoRA | 1 | +0.00 | +0.00 | +0.00 |",
+        # Per seed: CoLA −2, −2, −3 (SE √(1/3)/√3 = 0.33); SST-2 −1, −3, 0 (SE 0.88); Avg −1.5, −2.5, −1.5 (SE 0.33).
+        "| MTL-LoRA (no Λ_t) − MTL-LoRA | 3 | -2.33 ± 0.33 | -1.33 ± 0.88 | -1.83 ± 0.33 |",
+    ]
+    body = markdown.split(f"\n## {ABLATION_TITLE}\n", 1)[1]
+    assert body.startswith(
+        "\nAblations of MTL-LoRA: each variant switches one of its parts (its label says which); differences: "
+        "variant − MTL-LoRA, paired by seed.\n"
+    )
+    assert (
+        "- MTL-LoRA (no Λ_t) − MTL-LoRA on Avg: -1.83 ± 0.33 (SE, 3 paired seeds): exceeds 2 SE: MTL-LoRA scores "
+        "higher at this budget." in body
+    )
+
+
+def test_ablation_block_in_csv_and_tex(ablation_built):
+    rows = list(csv.DictReader(io.StringIO((ablation_built[1] / "glue.csv").read_text())))
+    ablation = [row for row in rows if row["source"] == "runs: ablations of MTL-LoRA"]
+    assert [(row["kind"], row["label"]) for row in ablation] == [
+        ("score", "MTL-LoRA"),
+        ("score", "MTL-LoRA (n=1)"),
+        ("score", "MTL-LoRA (no Λ_t)"),
+        ("paired_diff", "MTL-LoRA (n=1) − MTL-LoRA"),
+        ("paired_diff", "MTL-LoRA (no Λ_t) − MTL-LoRA"),
+    ]
+    assert ablation[2]["params_trainable"] == "290000" and ablation[4]["average"] == "-1.8333"
+    assert ablation[4]["average_std"] == "0.3333"
+    assert not any("Λ" in row["label"] for row in rows if row["source"] == "runs")
+    tex = (ablation_built[1] / "glue.tex").read_text()
+    assert "MTL-LoRA (no $\\Lambda$\\_t) & 3 & 40.67 $\\pm$ 0.58" in tex
+    assert not [line for line in tex.splitlines() if "Λ" in line and not line.startswith("%")]  # comments as they are
+
+
+def test_no_ablation_block_without_variants(paired_built, built):
+    for out in (paired_built, built[0]):
+        assert "ablations of" not in (out / "glue.md").read_text()
+
+
+def test_pairs_and_ablations_are_options(ablation_built, tmp_path, capsys):
+    root = ablation_built[0]
+    main(["--runs", str(root), "--out", str(tmp_path), "--paper", str(tmp_path), "--pair", "MTL-LoRA", "DoRA"])
+    markdown = (tmp_path / "glue.md").read_text()
+    differences = [line.split(" | ")[0] for line in section(markdown, "glue_cpu_2ep · minilm-l6") if "−" in line]
+    assert differences == ["| MTL-LoRA − DoRA"]  # the asked pair only, the default ones gone
+    assert "| MTL-LoRA (no Λ_t) − MTL-LoRA | 3 |" in markdown  # the ablation block keeps its own pairs
+    # LoRA's other labels (r=16, single-task) as its ablations; MTL-LoRA's variants then stay in the profile's block.
+    main(["--runs", str(root), "--out", str(tmp_path), "--paper", str(tmp_path), "--ablation", "LoRA"])
+    markdown = (tmp_path / "glue.md").read_text()
+    assert "ablations of MTL-LoRA" not in markdown
+    assert [line.split(" | ")[0] for line in section(markdown, "glue_cpu_2ep · minilm-l6 · ablations of LoRA")] == [
+        "| Method",
+        "|:--|--:|--:|--:|--:|--:|",
+        "| LoRA",
+        "| LoRA (r=16)",
+        "| LoRA (single-task)",
+        "| Difference",
+        "|:--|--:|--:|--:|--:|",
+        "| LoRA (r=16) − LoRA",
+        "| LoRA (single-task) − LoRA",
+    ]
+    assert any(line.startswith("| MTL-LoRA (no Λ_t) | 3 |") for line in section(markdown, "glue_cpu_2ep · minilm-l6"))
+
+
+def test_latex_escape_of_the_ablation_labels():
+    assert _latex_escape("MTL-LoRA (τ=0.5) − MTL-LoRA (shared Λ)") == (
+        "MTL-LoRA ($\\tau$=0.5) $-$ MTL-LoRA (shared $\\Lambda$)"
+    )
+
+
+def test_task_names_and_averages_come_from_the_benchmark_class(tmp_path):
+    path = write_run(tmp_path, "run", "lora", "LoRA", 1, {"cola": {"matthews_correlation": 0.4}})
+    record = json.loads(path.read_text())
+    record["config"]["benchmark"]["_target_"] = "mtllora.metrics.task_score"
+    path.write_text(json.dumps(record))
+    with pytest.raises(TablesError, match=re.escape(f"{path}: config.benchmark._target_ 'mtllora.metrics.task_score'")):
+        build_tables(tmp_path, tmp_path / "out")
+    del record["config"]["benchmark"]["_target_"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(TablesError, match=f"^{re.escape(str(path))}: missing key 'config.benchmark._target_'$"):
+        build_tables(tmp_path, tmp_path / "out")

@@ -15,17 +15,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mtllora.adapters import load_adapter, read_adapter_config
+from mtllora.configs import CONFIG_DIR, register_resolvers
+from mtllora.engine import last_complete_checkpoint
 from mtllora.rundir import RunDirError
-from mtllora.train import (
-    CONFIG_DIR,
-    batch_layout,
-    batch_split,
-    last_complete_checkpoint,
-    register_resolvers,
-    resolve_precision,
-    run,
-    training_arguments,
-)
+from mtllora.train import run
+from mtllora.training_args import batch_layout, batch_split, resolve_precision, training_arguments
+from tests.test_record import WRITTEN_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 # The repository first, then what the caller put on PYTHONPATH (tests/test_compat.py: an older transformers).
@@ -55,33 +50,12 @@ def cli(args: list[str], launcher: list[str] | None = None, timeout: int = 300) 
     return result
 
 
-METRIC_KEYS = {
-    "benchmark",
-    "profile",
-    "method",
-    "label",
-    "model",
-    "seed",
-    "task_order",
-    "tasks",
-    "task_scores",
-    "average",
-    "params",
-    "train",
-    "warnings",
-    "inputs",
-    "peak_memory_mb",
-    "git_commit",
-    "config",
-}
-
-
 def test_cli_run_writes_metrics_and_a_loadable_adapter(tiny_encoder_dir, tiny_glue_dir, tmp_path):
     result = cli(overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "method=mtl_lora", "seed=3"))
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "glue_ci" / "glue-mtl_lora-tiny-bert-s3"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) == METRIC_KEYS
+    assert list(metrics) == WRITTEN_KEYS and metrics["version"] == 2
     assert metrics["task_order"] == ["cola", "sst2", "mrpc", "stsb", "rte"]
     assert set(metrics["tasks"]["mrpc"]) == {"accuracy", "f1"} and set(metrics["tasks"]["stsb"]) == {
         "pearson",
@@ -384,7 +358,7 @@ def test_training_arguments_take_the_split_of_the_global_batch(tiny_encoder_dir,
         training_arguments(
             compose_cfg([*args, "trainer.gradient_accumulation_steps=2"], tmp_path / "b"), tmp_path / "b", bf16=False
         )
-    monkeypatch.setattr("mtllora.train._world_size", lambda: 2)  # a launch that the environment misreports
+    monkeypatch.setattr("mtllora.training_args._world_size", lambda: 2)  # a launch that the environment misreports
     with pytest.raises(
         ValueError, match=r"announces 2 training process\(es\) \(WORLD_SIZE\), but the Trainer runs on 1"
     ):

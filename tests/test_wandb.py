@@ -15,8 +15,9 @@ from hydra import compose, initialize_config_dir
 
 from mtllora import tables
 from mtllora.benchmarks.instruct import alpaca_prompt, read_records
+from mtllora.configs import CONFIG_DIR, register_resolvers
 from mtllora.testing import write_tiny_llama
-from mtllora.train import CONFIG_DIR, register_resolvers, run
+from mtllora.train import run
 from mtllora.wandb_log import HISTORY_KEYS, STEP_METRIC, run_id, sample_predictions, summary_metrics
 
 WANDB_CLI = str(Path(sys.executable).with_name("wandb"))

@@ -6,9 +6,10 @@
   benchmark class's constructor, `model.*` from ModelConfig, `method.adapter.*` from AdapterConfig and the method's
   options. Only plain types are checked (int, float, bool, str, null and their unions); the rest is the owner's;
 - ranges and allowed values that a type cannot say (a batch of 0, `model.max_length=0`): the RULES table;
-- what the engine already refuses, asked up front: trainer keys (`train.passed_training_arguments`), the batch
-  layout (`train.batch_layout`), the adapter's own checks (`AdapterConfig`), ModelConfig's keys, the adapter's task
-  count against the benchmark's, a local model folder that is missing, a run directory that cannot be written.
+- what the engine already refuses, asked up front: trainer keys (`training_args.passed_training_arguments`), the
+  batch layout (`training_args.batch_layout`), the adapter's own checks (`AdapterConfig`), ModelConfig's keys, the
+  adapter's task count against the benchmark's, a local model folder that is missing, a run directory that cannot be
+  written.
 `mtllora.train.run` calls it first, `mtllora.preflight.check` (`make plan`) too, and `RunDirCheck` (a Hydra
 callback) checks the run directory before Hydra opens its log file there.
 """
@@ -232,7 +233,7 @@ def _method_problems(cfg: DictConfig) -> list[str]:
 
 def _trainer_problems(cfg: DictConfig) -> list[str]:
     """The trainer keys the engine accepts, their TrainingArguments types and choices, and the batch layout."""
-    from .train import passed_training_arguments
+    from .training_args import passed_training_arguments
 
     try:
         passed = passed_training_arguments(cfg.trainer)
@@ -244,8 +245,9 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
 
 
 def _batch(cfg: DictConfig) -> list[str]:
-    """The batch layout's problem on this many devices (`train.batch_layout`), once the trainer's types are right."""
-    from .train import _world_size, batch_layout
+    """The batch layout's problem on this many devices (`training_args.batch_layout`), once the trainer's types are
+    right."""
+    from .training_args import _world_size, batch_layout
 
     try:
         batch_layout(cfg.trainer, _world_size())

@@ -113,11 +113,19 @@ def glue_average(task_metrics: Mapping[str, Mapping[str, float]]) -> float:
     """
     if not task_metrics:
         raise ValueError("glue_average needs at least one task, got an empty mapping")
-    scores = {key: task_score(metrics) for key, metrics in task_metrics.items() if key not in _MNLI_PARTS}
-    mnli = [task_score(task_metrics[key]) for key in _MNLI_PARTS if key in task_metrics]
+    return glue_score_average({key: task_score(metrics) for key, metrics in task_metrics.items()})
+
+
+def glue_score_average(task_scores: Mapping[str, float]) -> float:
+    """Returns the GLUE average (×100) of task scores (×100, `task_score`): their unweighted mean, with `mnli_m` and
+    `mnli_mm` first averaged into one MNLI score (`glue_average`; the tables use it on stored scores)."""
+    if not task_scores:
+        raise ValueError("glue_score_average needs at least one task score, got an empty mapping")
+    scores = {key: score for key, score in task_scores.items() if key not in _MNLI_PARTS}
+    mnli = [task_scores[key] for key in _MNLI_PARTS if key in task_scores]
     if mnli:
         if "mnli" in scores:
-            raise ValueError("task_metrics has both 'mnli' and 'mnli_m'/'mnli_mm'; MNLI would be counted twice")
+            raise ValueError("task scores have both 'mnli' and 'mnli_m'/'mnli_mm'; MNLI would be counted twice")
         scores["mnli"] = float(np.mean(mnli))
     return float(np.mean(list(scores.values())))
 

@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .adapters import apply_adapters, count_parameters
 from .preflight import check as check_inputs_and_access
-from .train import batch_layout
+from .training_args import batch_layout
 
 CHARS_PER_TOKEN = 4.0
 
@@ -120,7 +120,7 @@ def compose(overrides: Sequence[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from .train import CONFIG_DIR, register_resolvers
+    from .configs import CONFIG_DIR, register_resolvers
 
     register_resolvers()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
@@ -381,8 +381,9 @@ def backbone_stats(cfg: DictConfig, config: Any, source: str) -> ModelStats:
 def plan_run(overrides: Sequence[str], check: bool = True) -> RunPlan:
     """Composes the run, runs the preflight, builds the model on the meta device and reads the data; what cannot
     be worked out is recorded in `problems` (the preflight's failure first) instead of raised."""
+    from .configs import instantiate_node
     from .models import ModelConfig
-    from .train import instantiate_node, method_adapter_config
+    from .train import method_adapter_config
 
     cfg = compose(overrides)
     problems: list[str] = []

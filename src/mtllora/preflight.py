@@ -34,7 +34,7 @@ def check(cfg: DictConfig) -> None:
     to the model and the benchmark's hub datasets (`check_hub_access`), then the benchmark's data files
     (`check_inputs`); raises one PreflightError with all of them. Access and data are checked on a valid config
     only (its values name what to check), so a bad config is reported alone."""
-    from .train import instantiate_node, register_resolvers  # train imports the heavy stack; only needed here
+    from .configs import instantiate_node, register_resolvers
 
     register_resolvers()
     try:

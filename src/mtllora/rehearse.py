@@ -20,7 +20,6 @@ from pathlib import Path
 
 from .testing import write_tiny_commonsense, write_tiny_encoder, write_tiny_glue, write_tiny_llama
 
-REPO = Path(__file__).resolve().parents[2]
 PROFILES = ("glue", "commonsense", "image_text")
 MAX_STEPS = 2
 EVAL_SAMPLES = 2
@@ -75,11 +74,12 @@ def write(scratch: Path) -> None:
     write_tiny_llama(scratch / "tiny-llama", texts)
 
     image_text = scratch / "image-text"
-    scripts = REPO / "scripts"
-    _run(scripts / "make-synthetic-image-text.py", "--out", image_text, "--train-per-task", "8", "--eval-per-task", "2")
+    _run(
+        "mtllora.benchmarks.image_text_synthetic", "--out", image_text, "--train-per-task", "8", "--eval-per-task", "2"
+    )
     images = [image_text / folder / "images" for folder in ("COCO", "VG", "GQA", "nlvr")]
     _run(
-        scripts / "extract-image-features.py",
+        "mtllora.benchmarks.image_text_features",
         "--dim",
         "16",
         "--output",
@@ -88,11 +88,12 @@ def write(scratch: Path) -> None:
         *images,
     )
     model = ["--feat-dim", "16", "--d-model", "32", "--out", image_text / "tiny-vl-bart"]
-    _run(scripts / "make-tiny-vl-bart.py", "--data", image_text, *model)
+    _run("mtllora.vl_bart_tiny", "--data", image_text, *model)
 
 
-def _run(script: Path, *args: object) -> None:
-    subprocess.run([sys.executable, str(script), *map(str, args)], check=True, stdout=subprocess.DEVNULL)
+def _run(module: str, *args: object) -> None:
+    """Runs `python -m module args` (in its own process, as the reproduce scripts run it), its output silenced."""
+    subprocess.run([sys.executable, "-m", module, *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .fileio import write_atomic
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STORED_CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -288,6 +290,4 @@ def claim_run_dir(
     output_dir.mkdir(parents=True, exist_ok=True)
     files = [(stored_file, config)] + ([(output_dir / INPUTS_FILE, inputs)] if inputs is not None else [])
     for path, content in files:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
-        tmp.replace(path)
+        write_atomic(path, json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,9 +23,12 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from .adapters import AdapterConfig, load_adapter, read_adapter_config, read_adapter_tasks
 from .benchmarks.base import Benchmark, ExportLayout, same_model_layout
+from .configs import register_resolvers
+from .engine import ADAPTER_FILE
 from .models import ModelConfig, load_tokenizer
+from .record import RunRecord
 from .rundir import METRICS_FILE, stored_config
-from .train import ADAPTER_FILE, method_adapter_config, register_resolvers
+from .train import method_adapter_config
 
 EXTERNAL_PREFIX = "<external>/"
 
@@ -110,13 +112,13 @@ def load_run(
 def _serving_benchmark(node: DictConfig, source: Path) -> Benchmark:
     """The run's benchmark built by `Benchmark.for_serving` from its config node, reading no data. Its tasks are the
     config's; a config that leaves them to the data (an instruction benchmark's `tasks: null`) takes them from the
-    run's own record, metrics.json's `task_order` (one evaluation set per task, in task-id order), where it has one;
+    run's own record (`RunRecord`), its `task_order` (one evaluation set per task, in task-id order), where it has one;
     never from the adapter file, which is what they are checked against."""
     config = OmegaConf.to_container(node, resolve=True)
     cls = get_class(config.pop("_target_"))
     tasks = None
     if config.get("tasks") is None and (source / METRICS_FILE).is_file():
-        tasks = json.loads((source / METRICS_FILE).read_text()).get("task_order")
+        tasks = RunRecord.read(source / METRICS_FILE).task_order
     return cls.for_serving(config, tasks)
 
 

@@ -16,7 +16,7 @@ from mtllora.adapters import (
     use_tasks,
 )
 from mtllora.adapters.convert import from_official_mtl_lora, load_official_checkpoint, load_peft, save_peft
-from mtllora.bench.formulations import official_mtl_lora
+from speed.formulations import official_mtl_lora
 
 from ..conftest import (
     ALL_METHODS,

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtllora.adapters import AdapterConfig, apply_adapters
-from mtllora.bench.formulations import official_mtl_lora
+from speed.formulations import official_mtl_lora
 
 from ..conftest import NUM_TASKS, randomize_adapters
 

@@ -20,38 +20,17 @@ from mtllora.adapters import (
     save_adapter,
 )
 from mtllora.adapters.convert import save_peft
-from mtllora.bench.formulations import official_mtl_lora
-from mtllora.train import CONFIG_DIR
+from mtllora.configs import CONFIG_DIR
+from speed.formulations import official_mtl_lora
 
 from ..conftest import NUM_TASKS as LLAMA_TASKS
 from ..conftest import make_config, randomize_adapters, tiny_llama
 from ..test_configs import _compose, _minilm_parameter_count
-from .test_mtl_lora_grouped import MIXES, NUM_TASKS, OneLinear, _run
+from .test_mtl_lora_grouped import NUM_TASKS, NUM_UP, VARIANTS, R, layer_model
 
-R, NUM_UP, TEMPERATURE = 8, 3, 0.5
-# Each ablation's options, as its config sets them (configs/method/mtl_lora_*.yaml), and a combination of two.
-VARIANTS = {
-    "no Λ_t": {"lambda_type": "identity"},
-    "n=1": {"num_up": 1},
-    "uniform mixture": {"mixing": "uniform"},
-    "shared Λ": {"shared_lambda": True},
-    "shared diagonal Λ": {"shared_lambda": True, "lambda_type": "diagonal"},
-    "diagonal Λ_t": {"lambda_type": "diagonal"},
-    "n=5": {"num_up": 5},
-}
+# (Both forward paths give every variant the same outputs and gradients: test_mtl_lora_grouped.py.)
 METHOD_DIR = Path(CONFIG_DIR) / "method"
 ABLATION_CONFIGS = sorted(p.stem for p in METHOD_DIR.glob("mtl_lora_*.yaml"))
-
-
-def _layer_model(randomize: bool = True, **options) -> torch.nn.Module:
-    """One adapted fp64 linear layer 12 → 10 (the same base weights every call), T = 4, r = 8, n = 3, τ = 0.5 unless
-    `options` say otherwise; its trained tensors random (std 0.5), or at the official init."""
-    options = {"num_up": NUM_UP, "temperature": TEMPERATURE, **options}
-    config = AdapterConfig(method="mtl_lora", r=R, alpha=16, target_modules=["proj"], num_tasks=NUM_TASKS, **options)
-    model = apply_adapters(OneLinear(), config)
-    if randomize:
-        randomize_adapters(model, std=0.5)
-    return model
 
 
 def _oracle(layer, x: torch.Tensor, ids: torch.Tensor, lambdas: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -75,7 +54,7 @@ def _inputs(batch_ids=(0, 1, 2, 3, 0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_no_lambda_fixes_lambda_at_the_identity_and_is_the_mixture_alone():
-    model = _layer_model(lambda_type="identity")
+    model = layer_model(lambda_type="identity")
     layer = model.proj
     eye = torch.eye(R, dtype=torch.float64).expand(NUM_TASKS, R, R)
     assert dict(layer.named_parameters(recurse=False)).keys() == {"lora_A", "lora_B", "lora_B_weight"}
@@ -93,7 +72,7 @@ def test_no_lambda_fixes_lambda_at_the_identity_and_is_the_mixture_alone():
 
 
 def test_one_up_projection_is_lambda_alone_and_its_logits_learn_nothing():
-    model = _layer_model(num_up=1)
+    model = layer_model(num_up=1)
     layer = model.proj
     assert layer.lora_B.shape == (1, 10, R) and torch.equal(layer.mixing_weights(), torch.ones(NUM_TASKS, 1).double())
     x, ids = _inputs()
@@ -107,7 +86,7 @@ def test_one_up_projection_is_lambda_alone_and_its_logits_learn_nothing():
 
 
 def test_uniform_mixture_weights_stay_equal_untrained_and_the_up_projections_stay_equal():
-    model = _layer_model(mixing="uniform")
+    model = layer_model(mixing="uniform")
     layer = model.proj
     assert dict(layer.named_parameters(recurse=False)).keys() == {"lora_A", "lora_lambda", "lora_B"}
     assert torch.equal(layer.lora_B_weight, torch.zeros(NUM_TASKS, NUM_UP, dtype=torch.float64))
@@ -121,7 +100,7 @@ def test_uniform_mixture_weights_stay_equal_untrained_and_the_up_projections_sta
     # learned (random) logits.
     trained = {}
     for mixing in ("uniform", "learned"):
-        fresh = _layer_model(randomize=False, mixing=mixing)
+        fresh = layer_model(randomize=False, mixing=mixing)
         _step(fresh, x, ids, steps=3)
         trained[mixing] = fresh.proj
     assert torch.count_nonzero(trained["uniform"].lora_B[0]) > 0
@@ -147,13 +126,13 @@ def test_uniform_mixture_draws_the_random_stream_of_full_mtl_lora():
 
 @pytest.mark.parametrize("lambda_type", ["full", "diagonal"])
 def test_shared_lambda_is_one_tensor_for_every_task_and_sums_their_gradients(lambda_type):
-    shared = _layer_model(shared_lambda=True, lambda_type=lambda_type)
+    shared = layer_model(shared_lambda=True, lambda_type=lambda_type)
     layer = shared.proj
     assert layer.lora_lambda.shape == ((1, R, R) if lambda_type == "full" else (1, R))
     assert all(torch.equal(lam, layer.lambdas()[0]) for lam in layer.lambdas())
     # The same model with one Λ per task, each a copy of the shared one: same outputs, and the shared Λ's gradient
     # is the sum of the per-task ones.
-    per_task = _layer_model(lambda_type=lambda_type)
+    per_task = layer_model(lambda_type=lambda_type)
     per_task_layer = per_task.proj
     with torch.no_grad():
         per_task_layer.lora_lambda.copy_(layer.lora_lambda.expand_as(per_task_layer.lora_lambda))
@@ -169,27 +148,6 @@ def test_shared_lambda_is_one_tensor_for_every_task_and_sums_their_gradients(lam
     _step(shared, x, ids)
     assert all(torch.equal(lam, layer.lambdas()[0]) for lam in layer.lambdas())
     assert not torch.equal(layer.lambdas()[0], torch.eye(R, dtype=torch.float64))
-
-
-@pytest.mark.parametrize("factored", [True, False], ids=["factored", "through U"])
-@pytest.mark.parametrize("mix", ["interleaved", "runs of different lengths", "sorted, tasks 1 and 3 absent"])
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_grouped_path_equals_gathered_path(variant, mix, factored, monkeypatch):
-    model = _layer_model(**VARIANTS[variant])
-    ids = torch.tensor(MIXES[mix])
-    x = torch.randn(len(ids), 5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    out_g, dx_g, grads_g = _run(model, x, ids, grouped=True, monkeypatch=monkeypatch, factored=factored)
-    out_b, dx_b, grads_b = _run(model, x, ids, grouped=False, monkeypatch=monkeypatch)
-    torch.testing.assert_close(out_g, out_b, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(dx_g, dx_b, rtol=1e-12, atol=1e-12)
-    assert (
-        grads_g.keys() == grads_b.keys() == {f"proj.{name}" for name, _ in model.proj.named_parameters(recurse=False)}
-    )
-    for name in grads_g:
-        # The logits' gradient passes through the softmax, which runs in fp32 on both paths (as the official code's)
-        # in a different order of sums: equal to fp32 rounding (measured ≤ 1e-7 of the largest entry, n ≥ 5).
-        atol = 1e-6 * grads_b[name].abs().max().item() if name.endswith("lora_B_weight") else 1e-12
-        torch.testing.assert_close(grads_g[name], grads_b[name], rtol=1e-12, atol=atol, msg=name)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -264,7 +222,7 @@ def test_every_ablation_config_has_its_parameter_count():
 
 
 def test_a_model_counts_no_fixed_tensor():
-    counts = {name: count_parameters(_layer_model(**opts)) for name, opts in [("full", {}), *VARIANTS.items()]}
+    counts = {name: count_parameters(layer_model(**opts)) for name, opts in [("full", {}), *VARIANTS.items()]}
     base = 12 * 10 + 10
     assert counts["no Λ_t"].total == counts["full"].total - NUM_TASKS * R * R == base + counts["no Λ_t"].trainable
     assert counts["uniform mixture"].trainable == counts["full"].trainable - NUM_TASKS * NUM_UP

@@ -2,7 +2,7 @@
 
 Each area's module (`config`, `runs`, `data`, `serving`) holds a list `CASES` of `Case` rows; the test
 `tests/test_bad_inputs.py` runs every row. A new case is one row (plus, at most, a small function that makes the bad
-input).
+input); a bad Hydra override of the tiny GLUE run is one `override_case` line.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class Case:
     call: Callable[[Inputs, Path], Any]
     error: type[BaseException] | None
     match: str
+
+
+def override_case(id: str, override: str, error: type[BaseException] | None, match: str) -> Case:
+    """A `Case` whose bad input is one Hydra override of the tiny GLUE run (`glue_run`)."""
+    return Case(id, lambda inputs, tmp: glue_run(inputs, tmp, override), error, match)
 
 
 def glue_run(inputs: Inputs, tmp: Path, *extra: str, glue: Path | None = None, encoder: Path | None = None) -> dict:

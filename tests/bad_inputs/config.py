@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from mtllora.config_check import ConfigError
-from tests.bad_inputs import Case, Inputs, glue_run
+from tests.bad_inputs import Case, Inputs, glue_run, override_case
 
 
 def _without_tokenizer(inputs: Inputs, tmp: Path) -> dict:
@@ -32,9 +32,9 @@ def _run_dir_under_a_file(inputs: Inputs, tmp: Path) -> dict:
 
 
 CASES: list[Case] = [
-    Case(
+    override_case(
         "num_tasks_above_the_task_count",
-        lambda i, t: glue_run(i, t, "method.adapter.num_tasks=7"),
+        "method.adapter.num_tasks=7",
         ConfigError,
         r"method\.adapter\.num_tasks=7: expected 5, the number of benchmark\.tasks \['cola', 'sst2', 'mrpc'",
     ),
@@ -44,34 +44,31 @@ CASES: list[Case] = [
         FileNotFoundError,
         r"the folder .*weights-only holds no tokenizer files: BertTokenizer reads tokenizer\.json or vocab\.txt",
     ),
-    Case(
-        "max_length_zero",
-        lambda i, t: glue_run(i, t, "model.max_length=0"),
-        ConfigError,
-        r"model\.max_length=0: expected a positive integer",
+    override_case(
+        "max_length_zero", "model.max_length=0", ConfigError, r"model\.max_length=0: expected a positive integer"
     ),
-    Case(
+    override_case(
         "unknown_train_sampling_strategy",
-        lambda i, t: glue_run(i, t, "trainer.train_sampling_strategy=foo"),
+        "trainer.train_sampling_strategy=foo",
         ConfigError,
         r"trainer\.train_sampling_strategy='foo': expected one of \['random', 'sequential', 'group_by_length'",
     ),
-    Case("seed_not_an_integer", lambda i, t: glue_run(i, t, "seed=abc"), ConfigError, r"seed='abc': expected a non"),
-    Case(
+    override_case("seed_not_an_integer", "seed=abc", ConfigError, r"seed='abc': expected a non"),
+    override_case(
         "max_train_samples_zero",
-        lambda i, t: glue_run(i, t, "benchmark.max_train_samples=0"),
+        "benchmark.max_train_samples=0",
         ConfigError,
         r"benchmark\.max_train_samples=0: expected a positive integer \(rows per task\), or null for all rows",
     ),
-    Case(
+    override_case(
         "max_steps_not_an_integer",
-        lambda i, t: glue_run(i, t, "trainer.max_steps=abc"),
+        "trainer.max_steps=abc",
         ConfigError,
         r"trainer\.max_steps='abc': expected an integer",
     ),
-    Case(
+    override_case(
         "gradient_accumulation_steps_zero",
-        lambda i, t: glue_run(i, t, "trainer.gradient_accumulation_steps=0"),
+        "trainer.gradient_accumulation_steps=0",
         ConfigError,
         r"trainer\.gradient_accumulation_steps=0: expected a positive integer",
     ),

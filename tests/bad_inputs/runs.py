@@ -10,8 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from mtllora.engine import CheckpointError
 from mtllora.rundir import RunDirError
-from mtllora.train import CheckpointError
 from tests.bad_inputs import Case, Inputs, glue_run
 
 CHECKPOINTED = ("trainer.max_steps=8", "trainer.save_steps=4")

@@ -13,11 +13,11 @@ import torch
 
 from mtllora.adapters import AdapterFileError, TaskIdError
 from mtllora.benchmarks.instruct import RecordError
+from mtllora.engine import ADAPTER_FILE
 from mtllora.export import export
 from mtllora.predict import main as predict_main
 from mtllora.predict import predict
 from mtllora.runs import load_run
-from mtllora.train import ADAPTER_FILE
 from tests.bad_inputs import Case, Inputs
 from tests.conftest import adapted
 from tests.test_export import fake_run, glue_args

@@ -4,7 +4,6 @@ targets, the HDF5 feature store, and the SYNTHETIC generator with the pixel feat
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtllora.benchmarks import image_text_features, image_text_synthetic
 from mtllora.benchmarks.image_text_data import (
     TASK_IDS,
     ImageFeatures,
@@ -38,23 +38,12 @@ from mtllora.benchmarks.image_text_data import (
     sample_target,
 )
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
 
 def write_json(path: Path, data: object) -> Path:
     """Writes `data` as JSON (creating folders) and returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
-
-
-def load_script(name: str):
-    """Imports scripts/<name>.py (hyphenated file names are not importable by name)."""
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 VQA_RECORDS = [
@@ -397,7 +386,7 @@ def digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """A tiny SYNTHETIC set and its pixel features, made twice with the same seed and once with another."""
-    generator, extractor = load_script("make-synthetic-image-text"), load_script("extract-image-features")
+    generator, extractor = image_text_synthetic, image_text_features
     root = tmp_path_factory.mktemp("synthetic")
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         generator.main(
@@ -464,7 +453,7 @@ def test_pixel_features_are_deterministic(synthetic):
 def test_pixel_features_tell_the_shapes_apart_by_ink_fill():
     """The last raw descriptor (the share of the ink's bounding box that the ink fills) separates the three shapes
     whatever their colour and size: about 1 for squares, pi/4 for circles, 1/2 for triangles, 0 for empty cells."""
-    generator, extractor = load_script("make-synthetic-image-text"), load_script("extract-image-features")
+    generator, extractor = image_text_synthetic, image_text_features
     rng = random.Random(0)
     fills = {shape: [] for shape in generator.SHAPES}
     for _ in range(20):
@@ -480,7 +469,7 @@ def test_pixel_features_tell_the_shapes_apart_by_ink_fill():
 
 
 def test_clip_backbone_without_clip_stops_with_a_clear_message(tmp_path, monkeypatch):
-    extractor = load_script("extract-image-features")
+    extractor = image_text_features
     for name in ("clip", "open_clip"):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` fail, as when not installed
     (tmp_path / "im").mkdir()
@@ -499,7 +488,7 @@ def test_clip_backbone_without_clip_stops_with_a_clear_message(tmp_path, monkeyp
 def test_clip_backbone_pools_the_last_stage_grid(tmp_path, monkeypatch):
     """A stand-in for open_clip's RN101 (same interface, no weights): the layer4 grid is captured, pooled 7x7 -> 6x6
     and written 2048-d; the preprocessing hands it 224x224 CLIP-normalised images."""
-    extractor = load_script("extract-image-features")
+    extractor = image_text_features
     seen = {}
 
     class Visual(torch.nn.Module):

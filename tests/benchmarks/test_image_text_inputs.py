@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mtllora.benchmarks.image_text import ImageTextBenchmark, TaskBatchSampler
-from mtllora.train import CONFIG_DIR, instantiate_node, register_resolvers
+from mtllora.configs import CONFIG_DIR, instantiate_node, register_resolvers
 
 CLIP = "clip_features/data_clip_RN101_att"
 

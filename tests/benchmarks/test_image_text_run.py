@@ -18,15 +18,15 @@ from transformers import AutoTokenizer, Trainer, TrainingArguments
 from mtllora.adapters import apply_adapters
 from mtllora.benchmarks.image_text import ImageTextBenchmark
 from mtllora.benchmarks.image_text_data import OFFICIAL_SPLITS, TASKS, MissingImageFeaturesError, input_text, load_task
+from mtllora.engine import AdapterTrainer
 from mtllora.models import ModelConfig
-from mtllora.train import AdapterTrainer
 
 from ..conftest import make_config, randomize_adapters
 from ..test_train import ENV, REPO, cli
 
 
-def _script(name: str, *args: str) -> None:
-    command = [sys.executable, str(REPO / "scripts" / name), *args]
+def _module(name: str, *args: str) -> None:
+    command = [sys.executable, "-m", name, *args]
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -35,11 +35,21 @@ def _script(name: str, *args: str) -> None:
 def synthetic(tmp_path_factory) -> Path:
     """The synthetic set (8 training and 6 test examples per task), pixel features and a tiny VL-BART."""
     root = tmp_path_factory.mktemp("image-text")
-    _script("make-synthetic-image-text.py", "--out", str(root), "--train-per-task", "8", "--eval-per-task", "6")
+    _module(
+        "mtllora.benchmarks.image_text_synthetic", "--out", str(root), "--train-per-task", "8", "--eval-per-task", "6"
+    )
     images = [str(root / folder / "images") for folder in ("COCO", "VG", "GQA", "nlvr")]
-    _script("extract-image-features.py", "--dim", "16", "--output", str(root / "features.h5"), "--images", *images)
+    _module(
+        "mtllora.benchmarks.image_text_features",
+        "--dim",
+        "16",
+        "--output",
+        str(root / "features.h5"),
+        "--images",
+        *images,
+    )
     model = ["--feat-dim", "16", "--d-model", "32", "--out", str(root / "m")]
-    _script("make-tiny-vl-bart.py", "--data", str(root), *model)
+    _module("mtllora.vl_bart_tiny", "--data", str(root), *model)
     return root
 
 

@@ -7,12 +7,11 @@ Conv1D layers of Hugging Face's GPT-2 family).
     with use_tasks(model, task_ids):
         model.generate(...)
 
-Every module of this package is imported here, so a method registers itself by existing (one file per method).
+A method is one module that registers its class (`@register_method`) when imported; each is imported here by name,
+so a new method adds its module to the import below.
 """
 
-import importlib
-import pkgutil
-
+from . import convert, dora, lora, moelora, mtl_lora, multilora  # noqa: F401 (importing registers the methods)
 from .base import METHODS, AdapterConfig, AdapterLinear, get_method, register_method
 from .inject import (
     AdapterFileError,
@@ -33,9 +32,6 @@ from .inject import (
     unmerge_adapters,
 )
 from .routing import TaskIdError, check_task_id_range, use_tasks
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "METHODS",

@@ -177,8 +177,9 @@ class AdapterLinear(nn.Module):
     """Base of every adapted linear layer: `base_layer` (frozen original), `scaling = alpha / r`, dropout.
 
     Subclasses create their `lora_*` parameters in `__init__`, initialise them in `reset_parameters`, and define
-    `forward` and `delta_weight`. Merging adds `delta_weight()` to the frozen weight; methods whose merge is not
-    additive (DoRA) override `merge`/`unmerge`.
+    `forward` and `lora_factors` (whose product is `delta_weight`, unless the method overrides it). Merging adds
+    `delta_weight()` to the frozen weight; a method whose merge is not additive (DoRA) overrides `merge_into_base` and
+    `unmerge_from_base`.
     """
 
     method: ClassVar[str]
@@ -264,14 +265,26 @@ class AdapterLinear(nn.Module):
         raise NotImplementedError
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
-        """Returns the [out, in] weight update this adapter applies (for task `task_id` if task-aware)."""
-        raise NotImplementedError
+        """Returns the [out, in] weight update this adapter applies (for task `task_id` if task-aware): `lora_delta`,
+        unless the method's update is more than a LoRA (DoRA)."""
+        return self.lora_delta(task_id)
+
+    def lora_delta(self, task_id: int | None = None) -> torch.Tensor:
+        """Returns scaling · up @ down [out, in] of `lora_factors(task_id)`."""
+        down, up = self.lora_factors(task_id)
+        return self.scaling * (up @ down)
 
     def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (down [k, in], up [out, k]) with `delta_weight(task_id) = scaling · up @ down`: this adapter (for
+        """Returns (down [k, in], up [out, k]) with `lora_delta(task_id) = scaling · up @ down`: this adapter (for
         one task, if task-aware) as a plain rank-k LoRA, PEFT's lora_A and lora_B. It lets a trained adapter be
         served by any LoRA stack (`mtllora.export`)."""
         raise NotImplementedError(f"{self.method} has no plain-LoRA form")
+
+    def required_task_id(self, task_id: int | None) -> int:
+        """Returns `task_id`; raises when a task-aware method is asked for its weight without one."""
+        if task_id is None:
+            raise ValueError(f"{self.name}: {self.method} has one weight per task; pass task_id")
+        return task_id
 
     def peft_tensors(self, task_id: int | None = None) -> dict[str, torch.Tensor]:
         """Returns this layer's PEFT LoRA tensors ({"lora_A.weight": down, "lora_B.weight": up}, see
@@ -288,8 +301,7 @@ class AdapterLinear(nn.Module):
         if self.merged:
             raise ValueError(f"{self.name} is already merged")
         with torch.no_grad():
-            weight = self.base_weight()
-            weight += self.delta_weight().to(weight.dtype)
+            self.merge_into_base()
         self.merged = True
 
     def unmerge(self) -> None:
@@ -297,9 +309,18 @@ class AdapterLinear(nn.Module):
         if not self.merged:
             raise ValueError(f"{self.name} is not merged")
         with torch.no_grad():
-            weight = self.base_weight()
-            weight -= self.delta_weight().to(weight.dtype)
+            self.unmerge_from_base()
         self.merged = False
+
+    def merge_into_base(self) -> None:
+        """W ← W + ΔW (called by `merge` without autograd)."""
+        weight = self.base_weight()
+        weight += self.delta_weight().to(weight.dtype)
+
+    def unmerge_from_base(self) -> None:
+        """W ← W − ΔW, the inverse of `merge_into_base` (called by `unmerge` without autograd)."""
+        weight = self.base_weight()
+        weight -= self.delta_weight().to(weight.dtype)
 
     def merged_linear(self, task_id: int | None = None) -> nn.Module:
         """Returns a new layer of the base layer's type (nn.Linear or Conv1D, so that a merged model keeps its

@@ -95,7 +95,7 @@ class DoRALinear(AdapterLinear):
     def _direction(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (V = W + s·B A, g = m / ‖V‖) computed directly, for merging."""
         weight = self.base_weight()
-        v = weight + (self.scaling * (self.lora_B @ self.lora_A)).to(weight.dtype)
+        v = weight + self.lora_delta().to(weight.dtype)
         return v, (self.lora_magnitude / torch.linalg.norm(v.to(_norm_dtype(v)), dim=1)).to(weight.dtype)
 
     def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
@@ -109,23 +109,14 @@ class DoRALinear(AdapterLinear):
     def peft_tensors(self, task_id: int | None = None) -> dict[str, torch.Tensor]:
         return {**super().peft_tensors(task_id), "lora_magnitude_vector": self.lora_magnitude.detach()}
 
-    def merge(self) -> None:
-        """W ← g ⊙ V; g is kept so that `unmerge` inverts exactly this step."""
-        if self.merged:
-            raise ValueError(f"{self.name} is already merged")
-        with torch.no_grad():
-            v, g = self._direction()
-            self.base_weight().copy_(g.unsqueeze(1) * v)
+    def merge_into_base(self) -> None:
+        """W ← g ⊙ V; g is kept so that `unmerge_from_base` inverts exactly this step."""
+        v, g = self._direction()
+        self.base_weight().copy_(g.unsqueeze(1) * v)
         self._merge_scale = g
-        self.merged = True
 
-    def unmerge(self) -> None:
+    def unmerge_from_base(self) -> None:
         """W ← W / g − s·B A."""
-        if not self.merged:
-            raise ValueError(f"{self.name} is not merged")
-        with torch.no_grad():
-            weight = self.base_weight()
-            delta = (self.scaling * (self.lora_B @ self.lora_A)).to(weight.dtype)
-            weight.copy_(weight / self._merge_scale.unsqueeze(1) - delta)
+        weight = self.base_weight()
+        weight.copy_(weight / self._merge_scale.unsqueeze(1) - self.lora_delta().to(weight.dtype))
         self._merge_scale = None
-        self.merged = False

@@ -15,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..fileio import atomic_path
 from .base import ADAPTABLE_NAMES, ADAPTABLE_TYPES, AdapterConfig, AdapterLinear, get_method
 from .routing import RouterPostHook, RouterPreHook, TaskRouter, forward_accepts_task_ids
 
@@ -243,23 +244,40 @@ def save_adapter(model: nn.Module, path: str | Path, state_dict: Mapping[str, to
     metadata = {CONFIG_METADATA_KEY: get_adapter_config(model).to_json()}
     if (tasks := get_task_names(model)) is not None:
         metadata[TASKS_METADATA_KEY] = json.dumps(tasks)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)  # atomic: a reader never sees a half-written file
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
-def _unreadable(path: str | Path, err: Exception) -> AdapterFileError:
-    return AdapterFileError(f"{path} is truncated or corrupt, not a readable safetensors adapter file ({err})")
+def check_safetensors_file(path: str | Path) -> None:
+    """Raises ValueError when a safetensors file does not hold exactly the bytes its header describes (a copy or a
+    write cut short, or not safetensors at all). Reads the header only, so it is cheap on a large file."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        if size < 8 or 8 + header_size > size:
+            raise ValueError(f"{size} bytes cannot hold its header")
+        header = json.loads(handle.read(header_size))
+    try:
+        data = max((t["data_offsets"][1] for key, t in header.items() if key != "__metadata__"), default=0)
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(f"its header lists no tensor offsets ({type(err).__name__}: {err})") from err
+    end = 8 + header_size + data
+    if end != size:
+        raise ValueError(f"{size} bytes where its header describes {end}")
 
 
 def _read_metadata(path: str | Path) -> dict[str, str]:
     """Returns the safetensors metadata of a `save_adapter` file; raises AdapterFileError naming an unreadable one."""
     try:
+        check_safetensors_file(path)
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-    except SafetensorError as err:
-        raise _unreadable(path, err) from err
+    except (ValueError, SafetensorError) as err:
+        raise AdapterFileError(
+            f"{path} is truncated or corrupt, not a readable safetensors adapter file ({err})"
+        ) from err
     if CONFIG_METADATA_KEY not in metadata:
         raise AdapterFileError(f"{path} has no {CONFIG_METADATA_KEY!r} metadata; it was not written by save_adapter")
     return metadata
@@ -289,11 +307,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         raise ValueError(f"{path} holds adapters for {saved!r}, but the model has {current.config!r}")
     elif None not in (saved_tasks, current.tasks) and saved_tasks != current.tasks:
         raise ValueError(f"{path} holds adapters for tasks {saved_tasks}, but the model's tasks are {current.tasks}")
-    first = next(model.parameters())
-    try:
-        tensors = load_file(str(path), device=str(first.device))
-    except SafetensorError as err:
-        raise _unreadable(path, err) from err
+    # read_adapter_config above found the file whole, so loading it cannot fail on a truncated file.
+    tensors = load_file(str(path), device=str(next(model.parameters()).device))
     return load_adapter_state_dict(model, tensors)
 
 

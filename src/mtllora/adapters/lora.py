@@ -35,8 +35,5 @@ class LoRALinear(AdapterLinear):
         self.add_up_projection_(out, z, self.lora_B, alpha=self.scaling)
         return self.finish(out, x)
 
-    def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
-        return self.scaling * (self.lora_B @ self.lora_A)
-
     def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A, self.lora_B

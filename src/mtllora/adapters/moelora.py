@@ -40,13 +40,13 @@ class MoELoRALinear(AdapterLinear):
 
     def __init__(self, base_layer, config, router, name):
         super().__init__(base_layer, config, router, name)
-        o = self.options
-        if self.r % o.num_experts:
-            raise ValueError(f"{name}: moelora needs r divisible by num_experts, got r={self.r}, E={o.num_experts}")
+        experts, embedding_dim = self.options.num_experts, self.options.task_embedding_dim
+        if self.r % experts:
+            raise ValueError(f"{name}: moelora needs r divisible by num_experts, got r={self.r}, E={experts}")
         self.lora_A = self.new_parameter(self.r, self.in_features)
         self.lora_B = self.new_parameter(self.out_features, self.r)
-        self.lora_task_embedding = self.new_parameter(o.num_tasks + 1, o.task_embedding_dim)
-        self.lora_gate = self.new_parameter(o.num_experts, o.task_embedding_dim)
+        self.lora_task_embedding = self.new_parameter(self.options.num_tasks + 1, embedding_dim)
+        self.lora_gate = self.new_parameter(experts, embedding_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -74,13 +74,7 @@ class MoELoRALinear(AdapterLinear):
         self.add_up_projection_(out, v.view(-1, self.r), self.lora_B)
         return self.finish(out, x)
 
-    def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
-        down, up = self.lora_factors(task_id)
-        return self.scaling * (up @ down)
-
     def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Task t's update is the rank-r LoRA with down = A and up = B with each expert's columns scaled by ω_t[e]."""
-        if task_id is None:
-            raise ValueError(f"{self.name}: moelora has one weight per task; pass task_id")
-        weights = self.expert_weights()[task_id].repeat_interleave(self.r // self.options.num_experts)
-        return self.lora_A, self.lora_B * weights
+        weights = self.expert_weights()[self.required_task_id(task_id)]
+        return self.lora_A, self.lora_B * weights.repeat_interleave(self.r // self.options.num_experts)

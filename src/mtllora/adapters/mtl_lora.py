@@ -5,11 +5,11 @@
 A is shared, Λ_t is task-specific (full r×r, identity init, or diagonal, ones init), the n up-projections B_i
 are shared and mixed per task by the softmax of the task's logits w_t (computed in fp32).
 
-Ablations (issue 21, spec §3.5) switch one part each, by option: `lambda_type="identity"` fixes Λ_t = I (the
-mixture of up-projections alone), `shared_lambda=True` gives every task the same Λ (tasks then differ by their
-mixing only), `mixing="uniform"` fixes w_t = 0 (p_t = 1/n for every task), `num_up=1` leaves Λ_t alone (p_t = 1).
-A fixed part is a non-persistent buffer, not a parameter: it is not trained, counted, saved, nor seen by DeepSpeed
-(whose checkpoints leave frozen parameters out), and the layer rebuilds it from its options.
+Ablations (issue 21, docs/method.md#ablations) switch one part each, by option: `lambda_type="identity"` fixes Λ_t = I
+(the mixture of up-projections alone), `shared_lambda=True` gives every task the same Λ (tasks then differ by their
+mixing only), `mixing="uniform"` fixes w_t = 0 (p_t = 1/n for every task), `num_up=1` leaves Λ_t alone (p_t = 1). A
+fixed part is a non-persistent buffer, not a parameter: it is not trained, counted, saved, nor seen by DeepSpeed (whose
+checkpoints leave frozen parameters out), and the layer rebuilds it from its options.
 
 Each task's low-rank path after A folds into one up-projection U_t [r, out], and the layer adds z U_t to the base
 output of every sample of task t (z = dropout(x) Aᵀ). Two ways to do that, chosen per call by the tokens per
@@ -27,7 +27,7 @@ sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`) and by how the batch'
   flops instead of r²·out. A single-task batch (the official VL-BART loader's) is one run, LoRA's cost; a batch
   ordered by task has at most T runs. The runs are read from the task ids once per forward (one host sync) and
   shared by every layer. A batch with more runs than T (tasks interleaved) takes the gathered path
-  (`GROUPED_MAX_RUNS_PER_TASK`): order the rows of each batch by task (the loss does not depend on the order).
+  (`_grouped_runs`): order the rows of each batch by task (the loss does not depend on the order).
 """
 
 from __future__ import annotations
@@ -48,13 +48,6 @@ MIXINGS = ("learned", "uniform")
 # per-sample up-projections then stay under 1/8 of the output. Below, batches ordered by task take the grouped
 # path (runs of one task), faster and smaller (see the module docstring and `make bench`'s VL suites).
 GATHER_MIN_TOKENS_PER_RANK = 8
-# The grouped path takes batches of at most this many runs per task on average (1: rows ordered by task, or one
-# task). More runs mean more, smaller GEMMs: a kernel launch each on GPUs, and on CPUs a parallel region each that
-# stalls when the cores are shared (512 runs: 14× LoRA's time at 2 threads next to a training run; 1.0× at 1 thread).
-GROUPED_MAX_RUNS_PER_TASK = 1
-# On the grouped path a run of fewer tokens than this many times the layer's outputs applies Λ_t to its tokens
-# (tokens·r² flops) instead of folding it into U_t (r²·out flops); the two cost the same at 1.
-FACTORED_MAX_TOKENS_PER_OUTPUT = 1
 
 # Runs of one task per task-id tensor. The router hands every layer of a forward the same ids tensor, so the runs
 # are read from it (a host sync on accelerators) once per forward, not once per layer. Stored with the tensor's
@@ -77,6 +70,18 @@ def task_runs(ids: torch.Tensor) -> list[tuple[int, int, int]]:
     result = [(task, start, end) for task, start, end in runs]
     _RUNS[ids] = (ids._version, result)
     return result
+
+
+def _grouped_runs(
+    ids: torch.Tensor, tokens_per_sample: int, rank: int, num_tasks: int
+) -> list[tuple[int, int, int]] | None:
+    """Returns the runs of one task (`task_runs`) when the batch takes the grouped path, else None (gathered): its
+    samples are shorter than `GATHER_MIN_TOKENS_PER_RANK` · r, and it has no more runs than tasks. More runs mean
+    interleaved tasks and many small GEMMs, each a kernel launch on GPUs and a parallel region on CPUs."""
+    if tokens_per_sample >= GATHER_MIN_TOKENS_PER_RANK * rank:
+        return None
+    runs = task_runs(ids)
+    return runs if len(runs) <= num_tasks else None
 
 
 def _mixing_weights(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
@@ -137,20 +142,21 @@ class _GroupedUpProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, z, runs, scaling, temperature, lam, lora_B, logits):
-        # Per-task views unbound once: on the small runs of a small batch the count of operations is the cost.
-        lam_t_of = _full_lambdas(lam).transpose(1, 2).unbind(0)
+        # Per-task views (tuples indexed by task) unbound once: on the small runs of a small batch the count of
+        # operations is the cost.
+        lambda_t_by_task = _full_lambdas(lam).transpose(1, 2).unbind(0)  # Λ_tᵀ [r, r]
         mixed = _mixed_up_projections(lora_B, logits, scaling, temperature)
-        up_of = mixed.unbind(0)
+        mixed_by_task = mixed.unbind(0)  # M_t [r, out]
         sizes = [end - start for _, start, end in runs]
         for (task, _, _), out_rows, z_rows in zip(runs, out.split(sizes), z.split(sizes), strict=True):
             if _factored(len(z_rows), out.shape[-1]):  # in the adapter's dtype: few tokens
-                w = z_rows.to(mixed.dtype) @ lam_t_of[task]
+                w = z_rows.to(mixed.dtype) @ lambda_t_by_task[task]
                 if out.dtype == mixed.dtype:
-                    out_rows.addmm_(w, up_of[task])
+                    out_rows.addmm_(w, mixed_by_task[task])
                 else:
-                    out_rows.add_((w @ up_of[task]).to(out.dtype))
+                    out_rows.add_((w @ mixed_by_task[task]).to(out.dtype))
             else:  # U_t formed in the adapter's dtype, applied in the activations' (as the gathered path)
-                out_rows.addmm_(z_rows, (lam_t_of[task] @ up_of[task]).to(out.dtype))
+                out_rows.addmm_(z_rows, (lambda_t_by_task[task] @ mixed_by_task[task]).to(out.dtype))
         ctx.mark_dirty(out)
         ctx.save_for_backward(z, lam, lora_B, logits)
         ctx.runs, ctx.sizes, ctx.scaling, ctx.temperature = runs, sizes, scaling, temperature
@@ -164,33 +170,35 @@ class _GroupedUpProjection(torch.autograd.Function):
         if not (needs_z or needs_params):
             return grad, None, None, None, None, None, None, None
         lams, mixed = _full_lambdas(lam), _mixed_up_projections(lora_B, logits, ctx.scaling, ctx.temperature)
-        lam_of, lam_t_of, up_of, up_t_of = lams.unbind(0), lams.transpose(1, 2).unbind(0), mixed.unbind(0), None
+        # Tuples indexed by task: Λ_t and Λ_tᵀ [r, r], M_t [r, out], and M_tᵀ once a run needs it.
+        lambda_by_task, lambda_t_by_task = lams.unbind(0), lams.transpose(1, 2).unbind(0)
+        mixed_by_task, mixed_t_by_task = mixed.unbind(0), None
         grad_z = torch.empty_like(z) if needs_z else None
         grad_lam = torch.zeros_like(lams) if needs_params else None
         grad_mixed = torch.zeros_like(mixed) if needs_params else None
-        grad_lam_of = grad_lam.unbind(0) if needs_params else None  # views: accumulated in place
-        grad_up_of = grad_mixed.unbind(0) if needs_params else None
+        grad_lambda_by_task = grad_lam.unbind(0) if needs_params else None  # views: accumulated in place
+        grad_mixed_by_task = grad_mixed.unbind(0) if needs_params else None
         grad_z_runs = grad_z.split(ctx.sizes) if needs_z else [None] * len(ctx.runs)
         for (task, _, _), g, z_rows, grad_z_rows in zip(
             ctx.runs, grad.split(ctx.sizes), z.split(ctx.sizes), grad_z_runs, strict=True
         ):
             if _factored(len(z_rows), grad.shape[-1]):  # out += w M_t with w = z Λ_tᵀ, in the adapter's dtype
-                if up_t_of is None:
-                    up_t_of = mixed.transpose(1, 2).unbind(0)
+                if mixed_t_by_task is None:
+                    mixed_t_by_task = mixed.transpose(1, 2).unbind(0)
                 g, z_rows = g.to(mixed.dtype), z_rows.to(mixed.dtype)
-                grad_w = g @ up_t_of[task]
+                grad_w = g @ mixed_t_by_task[task]
                 if needs_z:
-                    grad_z_rows.copy_(grad_w @ lam_of[task])
+                    grad_z_rows.copy_(grad_w @ lambda_by_task[task])
                 if needs_params:
-                    grad_up_of[task].addmm_((z_rows @ lam_t_of[task]).t(), g)
-                    grad_lam_of[task].addmm_(grad_w.t(), z_rows)
+                    grad_mixed_by_task[task].addmm_((z_rows @ lambda_t_by_task[task]).t(), g)
+                    grad_lambda_by_task[task].addmm_(grad_w.t(), z_rows)
             else:  # out += z U_t with U_t = Λ_tᵀ M_t
                 if needs_z:
-                    torch.mm(g, (lam_t_of[task] @ up_of[task]).to(g.dtype).t(), out=grad_z_rows)
+                    torch.mm(g, (lambda_t_by_task[task] @ mixed_by_task[task]).to(g.dtype).t(), out=grad_z_rows)
                 if needs_params:
                     grad_up = (z_rows.t() @ g).to(mixed.dtype)
-                    grad_up_of[task].addmm_(lam_of[task], grad_up)
-                    grad_lam_of[task].addmm_(up_of[task], grad_up.t())
+                    grad_mixed_by_task[task].addmm_(lambda_by_task[task], grad_up)
+                    grad_lambda_by_task[task].addmm_(mixed_by_task[task], grad_up.t())
         grad_params = (None, None, None)
         if needs_params:
             grad_params = _mixing_backward(grad_lam, grad_mixed, lam, lora_B, logits, ctx.scaling, ctx.temperature)
@@ -199,8 +207,8 @@ class _GroupedUpProjection(torch.autograd.Function):
 
 def _factored(tokens: int, out_features: int) -> bool:
     """Whether a run of `tokens` rows applies Λ_t and M_t one after the other (tokens·r² flops) rather than forming
-    U_t = Λ_tᵀ M_t (r²·out flops): below `FACTORED_MAX_TOKENS_PER_OUTPUT` tokens per output feature."""
-    return tokens < FACTORED_MAX_TOKENS_PER_OUTPUT * out_features
+    U_t = Λ_tᵀ M_t (r²·out flops): the cheaper of the two, fewer tokens than output features."""
+    return tokens < out_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,8 +311,8 @@ class MTLLoRALinear(AdapterLinear):
         z = self.lowrank_input(x2d, self.lora_A).to(out.dtype)
         batch = ids.shape[0]
         per_sample = out.shape[0] // batch
-        runs = task_runs(ids) if per_sample < GATHER_MIN_TOKENS_PER_RANK * self.r else None
-        if runs is not None and len(runs) <= GROUPED_MAX_RUNS_PER_TASK * self.options.num_tasks:
+        runs = _grouped_runs(ids, per_sample, self.r, self.options.num_tasks)
+        if runs is not None:
             rows = [(task, start * per_sample, end * per_sample) for task, start, end in runs]
             params = (self.task_lambdas(), self.lora_B, self.lora_B_weight)
             out = _GroupedUpProjection.apply(out, z, rows, self.scaling, self.options.temperature, *params)
@@ -315,13 +323,8 @@ class MTLLoRALinear(AdapterLinear):
             out = torch.baddbmm(out.view(batch, -1, self.out_features), z.view(batch, -1, self.r), up[ids])
         return self.finish(out, x)
 
-    def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
-        down, up = self.lora_factors(task_id)
-        return self.scaling * (up @ down)
-
     def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Task t's update is the rank-r LoRA with down = Λ_t A and up = Σ_i p_ti B_i (same scaling)."""
-        if task_id is None:
-            raise ValueError(f"{self.name}: mtl_lora has one weight per task; pass task_id")
+        task_id = self.required_task_id(task_id)
         p = self.mixing_weights()[task_id]
         return self.lambdas()[task_id] @ self.lora_A, torch.einsum("n,nor->or", p, self.lora_B)

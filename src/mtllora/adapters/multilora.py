@@ -63,10 +63,6 @@ class MultiLoRALinear(AdapterLinear):
         self.add_up_projection_(out, z, up, alpha=self.scaling)
         return self.finish(out, x)
 
-    def delta_weight(self, task_id: int | None = None) -> torch.Tensor:
-        down, up = self.lora_factors(task_id)
-        return self.scaling * (up @ down)
-
     def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One LoRA of rank n·r: the A_i stacked, each B_i's rows scaled by its per-output scale."""
         return self._stacked()

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
@@ -52,6 +52,10 @@ class Benchmark(abc.ABC):
     tasks: list[str]
     # True when each task has its own head, so that even a task-agnostic adapter exports one model per task.
     task_heads: bool = False
+    # How the tables (`mtllora.tables`) name its eval sets and their metrics, read from the class (no data needed);
+    # eval sets in this order when the tables combine single-task runs. A key not listed is shown as it is.
+    task_labels: ClassVar[Mapping[str, str]] = {}
+    metric_labels: ClassVar[Mapping[str, str]] = {}
 
     @property
     def trainable(self) -> list[str]:
@@ -120,9 +124,16 @@ class Benchmark(abc.ABC):
     def task_score(self, metrics: Mapping[str, float]) -> float:
         """Returns one number (0–100) for an eval set's metrics, as the benchmark's tables report it."""
 
-    @abc.abstractmethod
+    @classmethod
+    def score_average(cls, task_scores: Mapping[str, float]) -> float:
+        """Returns the benchmark's headline average (×100) of its eval sets' task scores (`task_score`): their
+        unweighted mean, unless the benchmark's convention says otherwise (GLUE counts MNLI once). A class method, so
+        that the tables recompute it from stored scores (single-task runs combined) exactly as a run computes it."""
+        return float(np.mean(list(task_scores.values())))
+
     def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
-        """Returns the benchmark's headline average over the eval sets (its usual convention)."""
+        """Returns the benchmark's headline average over the eval sets: `score_average` of their task scores."""
+        return self.score_average({key: self.task_score(metrics) for key, metrics in results.items()})
 
     def export_layout(self, model: nn.Module, task_id: int) -> ExportLayout:
         """Returns how task `task_id` of this benchmark's model maps onto a standard Hugging Face model (for
@@ -181,6 +192,15 @@ def mix_tasks(
         order = rng.permutation(len(dataset))
         parts.append(dataset.select(np.resize(order, count)))
     return concatenate_datasets(parts)
+
+
+def seeded_subsample(size: int, cap: int | None, seed: int, *, in_drawn_order: bool = False) -> np.ndarray | None:
+    """Returns the positions of `cap` of `size` items drawn with `seed` (the head of a seeded permutation), in the
+    items' own order, or in the order drawn (`in_drawn_order`); None when `cap` is None or keeps every item."""
+    if cap is None or cap >= size:
+        return None
+    drawn = np.random.default_rng(seed).permutation(size)[:cap]
+    return drawn if in_drawn_order else np.sort(drawn)
 
 
 def _largest_remainder(quotas: np.ndarray, total: int) -> list[int]:

@@ -11,12 +11,12 @@ records); `commonsense_170k_taskid.json` adds `task_id`. A combined file without
 Training on fewer records than LLM-Adapters' full train split of a task (the shared copy's HellaSwag) is an error
 unless `allow_partial_train`.
 
-Scoring follows the official evaluators of pUmpKin-Co/MTL-LoRA (spec §3.2): the first match of the task's answer
-pattern in the response, compared with the `answer` field. Mode "official" is `mlora_evaluate.py` (MTL-LoRA, MoELoRA,
-MultiLoRA runs): a bare-digit fallback for the answerN tasks and a substring rule. Mode "strict" is `lora_evaluate.py`
-(the PEFT LoRA and DoRA baselines, `script/llama2_7B_dora_qkvo_eval.sh`): no fallback, exact equality. Every
-evaluation scores the same generations under both (`accuracy_official`, `accuracy_strict`); `mode` picks the headline
-`accuracy`.
+Scoring follows the official evaluators of pUmpKin-Co/MTL-LoRA (docs/commonsense.md): the first match of the task's
+answer pattern in the response, compared with the `answer` field. Mode "official" is `mlora_evaluate.py` (MTL-LoRA,
+MoELoRA, MultiLoRA runs): a bare-digit fallback for the answerN tasks and a substring rule. Mode "strict" is
+`lora_evaluate.py` (the PEFT LoRA and DoRA baselines, `script/llama2_7B_dora_qkvo_eval.sh`): no fallback, exact
+equality. Every evaluation scores the same generations under both (`accuracy_official`, `accuracy_strict`); `mode` picks
+the headline `accuracy`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .instruct import InputsError, InstructBenchmark, label_problem, read_records, training_problem
 
@@ -430,6 +430,19 @@ class CommonsenseBenchmark(InstructBenchmark):
     recorded). Task i of `tasks` has id i; the default order is the official mapping (boolq 0 ... openbookqa 7),
     which official checkpoints assume. A task with fewer train records than LLM-Adapters' (`FULL_TRAIN_RECORDS`)
     is an error unless `allow_partial_train`, and then metrics.json says so (`data_facts`)."""
+
+    # The paper's column order (ARC-e before ARC-c), not the task-id order.
+    task_labels: ClassVar[Mapping[str, str]] = {
+        "boolq": "BoolQ",
+        "piqa": "PIQA",
+        "social_i_qa": "SIQA",
+        "hellaswag": "HellaS.",
+        "winogrande": "WinoG.",
+        "ARC-Easy": "ARC-e",
+        "ARC-Challenge": "ARC-c",
+        "openbookqa": "OBQA",
+    }
+    metric_labels: ClassVar[Mapping[str, str]] = {"accuracy": "acc"}
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,23 @@ import torch
 from torch import distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, Trainer
 
 from ..adapters import use_tasks
+from ..fileio import write_atomic
 
 
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def needs_synced_gpus(trainer: Trainer) -> bool:
+    """Whether `trainer` runs under DeepSpeed ZeRO-3, whose partitioned weights need every rank in every forward:
+    its generation must pass `synced_gpus=True`."""
+    config = trainer.args.hf_deepspeed_config.config if trainer.is_deepspeed_enabled else {}
+    return config.get("zero_optimization", {}).get("stage") == 3
 
 
 def _task_context(model: nn.Module, task_ids: list[int] | None):
@@ -91,13 +99,40 @@ def generate(
     `synced_gpus=True` is required under DeepSpeed ZeRO-3, where every rank must join every forward."""
     if task_ids is not None and len(task_ids) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(task_ids)} task ids; pass one task id per prompt")
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    return _generate_batches(
+        model, tokenizer, prompts, task_ids, lengths, batch_size, max_new_tokens, num_beams, synced_gpus, desc
+    )
+
+
+def _generate_batches(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    task_ids: Sequence[int] | None,
+    lengths: Sequence[int],
+    batch_size: int,
+    max_new_tokens: int,
+    num_beams: int,
+    synced_gpus: bool,
+    desc: str,
+    *,
+    encoder_decoder: bool = False,
+    order_by_task: bool = False,
+    batch_inputs: Callable[[list[int]], Mapping[str, torch.Tensor]] | None = None,
+) -> list[str]:
+    """The loop of `generate` and `generate_image_text`: this rank's batches (`_rank_batches` of the inputs'
+    `lengths`), each generated under its rows' task ids in eval mode, then every rank's outputs in input order.
+
+    A decoder-only model gets left-padded prompts and returns them before the continuation (cut off here); an
+    `encoder_decoder` one gets them right-padded and returns the answer alone. `order_by_task` orders each batch's
+    rows by task (runs of one task for MTL-LoRA); `batch_inputs(batch)` gives a batch's extra model inputs (the
+    visual tokens)."""
     if tokenizer.pad_token_id is None:
         raise ValueError(f"{type(tokenizer).__name__} has no pad token; set one (e.g. the unk or eos token)")
     rank, _ = _rank_and_world()
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
     batches, real = _rank_batches(lengths, batch_size, synced_gpus)
-
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "right" if encoder_decoder else "left"
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -106,18 +141,24 @@ def generate(
         bar = tqdm(batches, desc=desc, disable=rank != 0 or not batches)
         for index, batch in enumerate(bar):
             _show_batch_tasks(bar, task_ids, batch)
+            if order_by_task and task_ids is not None:
+                batch = sorted(batch, key=lambda i: int(task_ids[i]))  # stable: runs of one task (MTL-LoRA)
             encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)
+            extra = {} if batch_inputs is None else batch_inputs(batch)
             ids = None if task_ids is None else [int(task_ids[i]) for i in batch]
             with _task_context(model, ids):
                 generated = model.generate(
                     **encoded,
+                    **{key: value.to(device) for key, value in extra.items()},
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     num_beams=num_beams,
                     pad_token_id=tokenizer.pad_token_id,
                     synced_gpus=synced_gpus,
                 )
-            texts = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+            if not encoder_decoder:
+                generated = generated[:, encoded["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
             if index < real:
                 outputs.update(zip(batch, texts, strict=True))
     finally:
@@ -173,60 +214,23 @@ def generate_image_text(
                          ("img_order_ids", img_order_ids)):  # fmt: skip
         if values is not None and len(values) != count:
             raise ValueError(f"{count} prompts but {len(values)} {name}; pass one per prompt")
-    if tokenizer.pad_token_id is None:
-        raise ValueError(f"{type(tokenizer).__name__} has no pad token; set one (e.g. the unk or eos token)")
-    rank, _ = _rank_and_world()
     text_lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-    batches, real = _rank_batches(
-        [n + feats.shape[0] for n, feats in zip(text_lengths, vis_feats, strict=True)], batch_size, synced_gpus
-    )
+    lengths = [n + feats.shape[0] for n, feats in zip(text_lengths, vis_feats, strict=True)]
 
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs: dict[int, str] = {}
-    try:
-        bar = tqdm(batches, desc=desc, disable=rank != 0 or not batches)
-        for index, batch in enumerate(bar):
-            _show_batch_tasks(bar, task_ids, batch)
-            if task_ids is not None:
-                batch = sorted(batch, key=lambda i: int(task_ids[i]))  # stable: runs of one task (MTL-LoRA)
-            encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True).to(device)
-            visual = pad_visual_tokens(
-                [
-                    {"vis_feats": vis_feats[i], "vis_pos": vis_pos[i]}
-                    | ({} if img_order_ids is None else {"img_order_ids": img_order_ids[i]})
-                    for i in batch
-                ]
-            )
-            ids = None if task_ids is None else [int(task_ids[i]) for i in batch]
-            with _task_context(model, ids):
-                generated = model.generate(
-                    **encoded,
-                    **{key: value.to(device) for key, value in visual.items()},
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=num_beams,
-                    pad_token_id=tokenizer.pad_token_id,
-                    synced_gpus=synced_gpus,
-                )
-            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-            if index < real:
-                outputs.update(zip(batch, texts, strict=True))
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
-    return _gather_outputs(outputs, count)
+    def visual_tokens(batch: list[int]) -> dict[str, torch.Tensor]:
+        return pad_visual_tokens(
+            [
+                {"vis_feats": vis_feats[i], "vis_pos": vis_pos[i]}
+                | ({} if img_order_ids is None else {"img_order_ids": img_order_ids[i]})
+                for i in batch
+            ]
+        )
+
+    loop = (model, tokenizer, prompts, task_ids, lengths, batch_size, max_new_tokens, num_beams, synced_gpus, desc)
+    return _generate_batches(*loop, encoder_decoder=True, order_by_task=True, batch_inputs=visual_tokens)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     """Writes one JSON object per line (UTF-8, atomically) and returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

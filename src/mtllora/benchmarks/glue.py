@@ -7,7 +7,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,9 +27,9 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..adapters import check_task_id_range
-from ..metrics import glue_average, glue_metrics, task_score
+from ..metrics import glue_metrics, glue_score_average, task_score
 from ..models import ModelConfig, load_pretrained, load_tokenizer
-from .base import Benchmark, ExportLayout, mix_tasks
+from .base import Benchmark, ExportLayout, mix_tasks, seeded_subsample
 from .glue_data import (
     GLUE_HUB_ID,
     GLUE_TASKS,
@@ -62,6 +62,24 @@ class GlueBenchmark(Benchmark):
     MNLI, QNLI, RTE). Evaluated on the dev sets (MNLI matched and mismatched) with the usual metrics."""
 
     task_heads = True
+    task_labels: ClassVar[Mapping[str, str]] = {
+        "cola": "CoLA",
+        "sst2": "SST-2",
+        "mrpc": "MRPC",
+        "qqp": "QQP",
+        "stsb": "STS-B",
+        "mnli_m": "MNLI-m",
+        "mnli_mm": "MNLI-mm",
+        "qnli": "QNLI",
+        "rte": "RTE",
+    }
+    metric_labels: ClassVar[Mapping[str, str]] = {
+        "matthews_correlation": "MCC",
+        "accuracy": "acc",
+        "f1": "F1",
+        "pearson": "Pearson",
+        "spearmanr": "Spearman",
+    }
 
     def __init__(
         self,
@@ -163,9 +181,9 @@ class GlueBenchmark(Benchmark):
 
     def _load(self, task: str, split: str, cap: int | None, seed: int) -> Dataset:
         dataset = self._read(task, split)
-        if cap is not None and cap < len(dataset):
-            dataset = dataset.select(np.random.default_rng(seed).permutation(len(dataset))[:cap])
-        return dataset
+        # In the order drawn, as GLUE's recorded runs took it: the rows' order reaches the Trainer's seeded shuffle.
+        keep = seeded_subsample(len(dataset), cap, seed, in_drawn_order=True)
+        return dataset if keep is None else dataset.select(keep)
 
     def _tokenize(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task_id: int) -> Dataset:
         pair = dataset[0]["text_b"] is not None if len(dataset) else False
@@ -303,8 +321,9 @@ class GlueBenchmark(Benchmark):
     def task_score(self, metrics: Mapping[str, float]) -> float:
         return task_score(metrics)
 
-    def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
-        return glue_average(results)
+    @classmethod
+    def score_average(cls, task_scores: Mapping[str, float]) -> float:
+        return glue_score_average(task_scores)
 
 
 def task_predictions(task: str, logits: np.ndarray) -> np.ndarray:

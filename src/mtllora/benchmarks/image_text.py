@@ -1,5 +1,5 @@
-"""Image-text understanding (spec §3.3): VL-BART trained jointly on VQAv2, GQA, NLVR2 and COCO Caption, the unified
-multi-task setup of VL-Adapter and DoRA, scored by generation.
+"""Image-text understanding (docs/image-text.md): VL-BART trained jointly on VQAv2, GQA, NLVR2 and COCO Caption, the
+unified multi-task setup of VL-Adapter and DoRA, scored by generation.
 
 Data and features are read in the VL-T5 formats (`image_text_data`); every example carries its image ids and its
 region features are read from HDF5 when a batch is built (never all at once). Inputs are the task prompt plus the
@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ from transformers import PreTrainedTokenizerBase, Trainer
 from ..metrics import caption_metrics, exact_match_accuracy, vqa_accuracy, vqa_score_accuracy
 from ..models import ModelConfig, load_pretrained, load_tokenizer
 from ..vl_bart import VLBartForConditionalGeneration
-from .base import Benchmark, mix_tasks
-from .generation import generate_image_text, pad_visual_tokens, write_jsonl
+from .base import Benchmark, mix_tasks, seeded_subsample
+from .generation import generate_image_text, needs_synced_gpus, pad_visual_tokens, write_jsonl
 from .image_text_data import (
     EXPECTED_LAYOUT,
     OFFICIAL_SPLITS,
@@ -68,6 +68,9 @@ class ImageTextBenchmark(Benchmark):
     floor(per-device batch × `task_batch_scale[task]`) examples (`train_batch_sampler`), as the official
     multitask loader; false: mixed batches of the Trainer's size."""
 
+    task_labels: ClassVar[Mapping[str, str]] = {"vqa": "VQAv2", "gqa": "GQA", "nlvr": "NLVR2", "caption": "COCO Cap."}
+    metric_labels: ClassVar[Mapping[str, str]] = {"accuracy": "acc", "CIDEr": "CIDEr", "BLEU-4": "BLEU-4"}
+
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
@@ -94,9 +97,9 @@ class ImageTextBenchmark(Benchmark):
     ) -> None:
         if data_dir is None:
             raise ValueError(
-                "image_text needs a VL-T5 datasets/ folder (benchmark.data_dir): the real data (README, Image-text), "
+                "image_text needs a VL-T5 datasets/ folder (benchmark.data_dir): the real data (docs/image-text.md), "
                 "given as benchmark.data_dir or MTLLORA_DATA_DIR (a root holding image_text/, or that folder), or the "
-                "synthetic set of scripts/make-synthetic-image-text.py"
+                "synthetic set of `python -m mtllora.benchmarks.image_text_synthetic`"
             )
         self.name = name
         self.tasks = list(tasks)
@@ -220,8 +223,8 @@ class ImageTextBenchmark(Benchmark):
         checking up front that every image has features."""
         loaded = load_task(task, self.splits[task][split], self.data_dir)
         records = loaded.records
-        if cap is not None and cap < len(records):
-            records = [records[i] for i in np.sort(np.random.default_rng(seed).permutation(len(records))[:cap])]
+        if (keep := seeded_subsample(len(records), cap, seed)) is not None:
+            records = [records[i] for i in keep]
         self.features[task].check([i for r in records for i in r.image_ids], f"{task} {split}")
         return records
 
@@ -302,7 +305,6 @@ class ImageTextBenchmark(Benchmark):
         return model, load_tokenizer(model_cfg) if with_tokenizer else None
 
     def evaluate(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict[str, float]]:
-        ds_config = trainer.args.hf_deepspeed_config.config if trainer.is_deepspeed_enabled else {}
         records = {task: self.records(task, self.eval_split, self.max_eval_samples, seed=0) for task in self.tasks}
         answers: dict[str, list[str]] = {}
         # One generation pass per answer length (the official caption length differs from the questions').
@@ -321,7 +323,7 @@ class ImageTextBenchmark(Benchmark):
                     batch_size=self.eval_batch_size,
                     max_new_tokens=max_new_tokens,
                     num_beams=self.num_beams,
-                    synced_gpus=ds_config.get("zero_optimization", {}).get("stage") == 3,
+                    synced_gpus=needs_synced_gpus(trainer),
                     desc=f"{self.name} eval",
                 )
             )
@@ -360,9 +362,6 @@ class ImageTextBenchmark(Benchmark):
 
     def task_score(self, metrics: Mapping[str, float]) -> float:
         return 100.0 * (metrics["CIDEr"] if "CIDEr" in metrics else metrics["accuracy"])
-
-    def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
-        return float(np.mean([self.task_score(m) for m in results.values()]))
 
 
 class _ImageTextCollator:

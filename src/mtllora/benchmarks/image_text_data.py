@@ -528,7 +528,7 @@ class ImageFeatures:
     """Region features by image id, read lazily from HDF5 (one image at a time; files stay open, per process).
 
     Each source is an `.h5` file holding many images (VL-T5's `train2014_obj36.h5`, or what
-    `scripts/extract-image-features.py` writes) or a folder of one `<img_id>.h5` file per image (VL-Adapter's CLIP
+    `mtllora.benchmarks.image_text_features` writes) or a folder of one `<img_id>.h5` file per image (VL-Adapter's CLIP
     `data_clip_RN101_att/`); an id is looked up in the sources in order. In both, `<img_id>/features` is
     [boxes, dim]. Boxes, returned normalised to 0..1 as (x1, y1, x2, y2), are VL-T5's: `<img_id>/boxes` in pixels
     divided by `<img_id>/img_w` and `img_h` and clamped; without img_w/img_h the stored boxes must already be in

@@ -31,8 +31,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from ..metrics import RunWarning
 from ..models import ModelConfig, load_pretrained, load_tokenizer
-from .base import Benchmark, ExportLayout, read_text, same_model_layout
-from .generation import generate, write_jsonl
+from .base import Benchmark, ExportLayout, read_text, same_model_layout, seeded_subsample
+from .generation import generate, needs_synced_gpus, write_jsonl
 
 # The official training prompt (mlora_finetune.py), whitespace included: the 16-space indentation and the trailing
 # spaces of its f-strings are part of what the model learns. The official evaluator's copy differs in whitespace
@@ -365,13 +365,12 @@ class InstructBenchmark(Benchmark):
 
     def evaluate(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> dict[str, dict[str, float]]:
         records = {task: self.test_records(task) for task in self.tasks}
-        ds_config = trainer.args.hf_deepspeed_config.config if trainer.is_deepspeed_enabled else {}
         answered = iter(
             self.respond(
                 trainer.model,
                 tokenizer,
                 [(task, r) for task in self.tasks for r in records[task]],
-                synced_gpus=ds_config.get("zero_optimization", {}).get("stage") == 3,
+                synced_gpus=needs_synced_gpus(trainer),
             )
         )
         results = {}
@@ -435,9 +434,6 @@ class InstructBenchmark(Benchmark):
     def task_score(self, metrics: Mapping[str, float]) -> float:
         return 100.0 * metrics["accuracy"]
 
-    def average(self, results: Mapping[str, Mapping[str, float]]) -> float:
-        return float(np.mean([self.task_score(m) for m in results.values()]))
-
     # --- helpers --------------------------------------------------------------------------------------------
 
     def _tasks_in_data(self) -> list[str]:
@@ -474,10 +470,8 @@ class InstructBenchmark(Benchmark):
 
     @staticmethod
     def _subsample(records: list[dict[str, Any]], cap: int | None, seed: int) -> list[dict[str, Any]]:
-        if cap is None or cap >= len(records):
-            return records
-        keep = np.sort(np.random.default_rng(seed).permutation(len(records))[:cap])
-        return [records[i] for i in keep]
+        keep = seeded_subsample(len(records), cap, seed)
+        return records if keep is None else [records[i] for i in keep]
 
     def _tokenize(self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         """The official tokenisation: truncate to cutoff_len, append EOS when there is room, and mask the prompt

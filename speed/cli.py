@@ -1,4 +1,4 @@
-"""`make bench` / `python -m mtllora.bench`: measures every adapter method against its peers in one run and writes
+"""`make bench` / `python -m speed`: measures every adapter method against its peers in one run and writes
 `results/bench/<host>-<date>.{json,md,png}`."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ LAYER_ADAPTERHUB_REASON = (
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Returns the parsed command line."""
-    parser = argparse.ArgumentParser(prog="mtllora.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="speed", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 3 repeats (tests, smoke runs)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16")
@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "date": started.strftime("%Y-%m-%d"),
             "started": started.isoformat(timespec="seconds"),
             "duration_s": time.perf_counter() - log.start,
-            "command": " ".join(["python -m mtllora.bench", *(argv if argv is not None else sys.argv[1:])]),
+            "command": " ".join(["python -m speed", *(argv if argv is not None else sys.argv[1:])]),
             "versions": {
                 "mtllora": mtllora.__version__,
                 "torch": torch.__version__,

@@ -9,7 +9,7 @@ with std 1/sqrt(d_model) (`--init-std`), the scale of trained weights: BART's 0.
 128 its frozen layers pass so little of the image through that the image-text CPU profile's captions came out the
 same for every image (CIDEr 0.45 against 0.81 at 1/sqrt(d_model), same budget).
 
-    python scripts/make-tiny-vl-bart.py --data data/synthetic_image_text --feat-dim 128 --out DIR
+    python -m mtllora.vl_bart_tiny --data data/synthetic_image_text --feat-dim 128 --out DIR
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def dataset_texts(data_dir: Path) -> list[str]:
 
 
 def main() -> None:
+    """Command line (see the module docstring): writes the model and its tokenizer to --out."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path, help="a VL-T5 datasets/ folder (its texts)")
     parser.add_argument("--out", required=True, type=Path)

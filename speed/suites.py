@@ -302,7 +302,7 @@ def training_rows(w: Workload, adapterhub_reason: str | None) -> list[Row]:
             lambda: build_official(
                 lambda lin: OfficialMTLLoRALinear(lin, RANK, ALPHA, NUM_TASKS, NUM_UP, TEMPERATURE, "full", box), box
             ),
-            note="re-implemented from spec §1.1: per-sample index_select of A, Λ_t, B̃_t; three bmm",
+            note="re-implemented from the official code: per-sample index_select of A, Λ_t, B̃_t; three bmm",
         )
     )
     rows.append(
@@ -311,7 +311,7 @@ def training_rows(w: Workload, adapterhub_reason: str | None) -> list[Row]:
             "official MultiLoRA formulation 3×r=8",
             "official",
             lambda: build_official(lambda lin: OfficialMultiLoRALinear(lin, RANK, ALPHA, NUM_UP)),
-            note="re-implemented from spec §2.3: per-module loop, einsum scale, out-of-place sum",
+            note="re-implemented from the official code: per-module loop, einsum scale, out-of-place sum",
         )
     )
     for key, label in ADAPTERHUB_ROWS:
@@ -366,7 +366,7 @@ def vl_training_rows(w: Workload) -> list[Row]:
             "official MTL-LoRA formulation, full Λ",
             "official",
             build_official,
-            note="re-implemented from spec §1.1: per-sample index_select of A, Λ_t, B̃_t; three bmm",
+            note="re-implemented from the official code: per-sample index_select of A, Λ_t, B̃_t; three bmm",
         )
     )
     return rows

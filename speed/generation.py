@@ -1,9 +1,11 @@
 """Batched generation (mtllora.benchmarks.generation) against the official evaluator's loop, on SmolLM2-135M.
 
+    python -m speed.generation [--rows-per-task 4] [--batch-size 16]     # from the repository root
+
 The official MTL-LoRA evaluator (mlora_evaluate.py) generates one prompt at a time, greedily, with use_cache=False.
-This script runs that loop and ours (length-sorted, left-padded batches, KV cache) on the same commonsense test rows
+This runs that loop and ours (length-sorted, left-padded batches, KV cache) on the same commonsense test rows
 under an MTL-LoRA adapter with random up-projections, checks that the parsed answers agree, and prints the times
-and the speed-up as JSON. Usage: python scripts/bench-generation.py [--rows-per-task 4] [--batch-size 16]
+and the speed-up as JSON.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import json
 import os
 import time
+from typing import Any
 
 import torch
 
@@ -22,7 +25,9 @@ from mtllora.benchmarks.generation import generate
 from mtllora.models import ModelConfig
 
 
-def official_loop(model, tokenizer, prompts, task_ids, max_new_tokens):
+def official_loop(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[str], task_ids: list[int], max_new_tokens: int
+) -> list[str]:
     """One prompt at a time, greedy, no KV cache: the official evaluator's generation."""
     outputs = []
     for prompt, task_id in zip(prompts, task_ids, strict=True):
@@ -41,6 +46,7 @@ def official_loop(model, tokenizer, prompts, task_ids, max_new_tokens):
 
 
 def main() -> None:
+    """Runs both loops on the same rows and prints their times, speed-up and agreement as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows-per-task", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)

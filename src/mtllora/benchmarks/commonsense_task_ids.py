@@ -1,6 +1,7 @@
 """How well `assign_task_ids` recovers the task of commonsense_170k records that carry none.
 
-    python scripts/measure-task-id-assignment.py [--data-dir DIR] [--out results/commonsense/task_id_assignment.json]
+    python -m mtllora.benchmarks.commonsense_task_ids [--data-dir DIR]
+        [--out results/commonsense/task_id_assignment.json]
 
 Concatenates the local per-task train files (`train/<task>_train.json`; the union of the full files is
 commonsense_170k.json), drops the task, and recovers it twice: from the answer format alone, and with the per-task
@@ -18,8 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 from mtllora.benchmarks.commonsense import TASKS, assign_task_ids, load_records, train_files
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_blob(path: Path) -> str:
@@ -52,10 +51,11 @@ def score(truth: list[str], ids: list[int | None]) -> dict:
 
 
 def main() -> None:
+    """Command line (see the module docstring); run from the repository root, whose paths the defaults name."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = os.environ.get("MTLLORA_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data")
+    default_data = os.environ.get("MTLLORA_DATA_DIR") or str(Path("..", "shared", "data"))
     parser.add_argument("--data-dir", default=default_data)
-    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "commonsense" / "task_id_assignment.json"))
+    parser.add_argument("--out", default=str(Path("results", "commonsense", "task_id_assignment.json")))
     args = parser.parse_args()
 
     files = train_files(args.data_dir)
@@ -70,7 +70,7 @@ def main() -> None:
         results[name] = score(truth, ids) | {"report": report.summary()}
 
     out = {
-        "generated_by": "scripts/measure-task-id-assignment.py",
+        "generated_by": "python -m mtllora.benchmarks.commonsense_task_ids",
         "input": {
             task: {"file": f"{path.parent.name}/{path.name}", "rows": len(per_task[task]), "git_blob": git_blob(path)}
             for task, path in files.items()

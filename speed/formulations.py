@@ -1,7 +1,7 @@
 """Reference formulations measured next to ours: how the official MTL-LoRA code computes MTL-LoRA and MultiLoRA.
 
-Both are written here from the project spec's description of the official code (`mtl-lora-spec.md` §1.1 for
-MTL-LoRA, §2.3 for MultiLoRA), not copied from it. They exist to show what our kernels are compared against; they
+Both are written here from a description of the official code (docs/method.md, "The forward pass" for MTL-LoRA,
+"Baselines" for MultiLoRA), not copied from it. They exist to show what our kernels are compared against; they
 keep the official parameter layout (e.g. A as [1, r, in]) and compute the same function as our layers.
 `official_mtl_lora` is also the tests' independent oracle for our MTL-LoRA layer and for official checkpoint
 import: the one place the official formulation is written.
@@ -42,7 +42,7 @@ def official_mtl_lora(
     scaling: float,
     temperature: float,
 ) -> torch.Tensor:
-    """MTL-LoRA's output for x [batch, tokens, in] as the official `mLoRALinear` computes it (spec §1.1), from
+    """MTL-LoRA's output for x [batch, tokens, in] as the official `mLoRALinear` computes it (docs/method.md), from
     parameters in the official layout: lora_A [1, r, in], lora_lambdas [T, r, r] or [T, r] (diagonal), lora_B
     [n, out, r], lora_B_w [T, n]. Mix all T up-projections, then per sample `index_select` A, Λ_t and the mixed
     B̃_t, run three `bmm`s, and add the result out of place."""
@@ -110,8 +110,8 @@ class OfficialMTLLoRALinear(nn.Module):
 
 
 class OfficialMultiLoRALinear(nn.Module):
-    """MultiLoRA as the official code computes it (spec §2.3): a Python loop over the n modules, each module's
-    output scaled per output channel with an einsum and added out of place."""
+    """MultiLoRA as the official code computes it (docs/method.md#baselines): a Python loop over the n modules, each
+    module's output scaled per output channel with an einsum and added out of place."""
 
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, num_modules: int) -> None:
         super().__init__()

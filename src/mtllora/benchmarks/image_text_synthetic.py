@@ -1,6 +1,6 @@
 """Writes a SYNTHETIC image-text multi-task set (VQA, GQA, NLVR2, COCO captions) in the real VL-T5 file formats.
 
-    python scripts/make-synthetic-image-text.py --out data/cache/synthetic_image_text [--seed 0]
+    python -m mtllora.benchmarks.image_text_synthetic --out data/cache/synthetic_image_text [--seed 0]
         [--train-per-task 1000] [--eval-per-task 250] [--image-size 96] [--noise 0.1]
 
 No real image-text data can be obtained offline, so this renders small scenes (circles, squares and triangles in
@@ -34,7 +34,7 @@ question or statement, else the type / template prior); a model well above all o
      "average": image-text average (x100) of the majority baselines}
 
 Accuracies and CIDEr are fractions as `mtllora.metrics` returns them (VQA "accuracy" with evaluator "vl-t5").
-Features: `scripts/extract-image-features.py --backbone pixels --images <out>/COCO/images <out>/VG/images
+Features: `python -m mtllora.benchmarks.image_text_features --backbone pixels --images <out>/COCO/images <out>/VG/images
 <out>/GQA/images <out>/nlvr/images --output <out>/features/pixels.h5`.
 """
 
@@ -84,7 +84,7 @@ VQA_QUESTIONS_PER_IMAGE = 5
 GQA_QUESTIONS_PER_IMAGE = 3
 CAPTIONS_PER_IMAGE = 5
 SYNTHETIC = "SYNTHETIC"  # marker written into every record and file that has room for it
-NOTE = "SYNTHETIC data from scripts/make-synthetic-image-text.py (rendered shapes), not real VQA/GQA/NLVR2/COCO"
+NOTE = "SYNTHETIC data from mtllora.benchmarks.image_text_synthetic (rendered shapes), not real VQA/GQA/NLVR2/COCO"
 
 
 @dataclass(frozen=True)
@@ -598,7 +598,7 @@ def write_readme(out: Path, args: argparse.Namespace, counts: dict[str, dict[str
         for task, splits in counts.items()
     )
     command = (
-        f"scripts/make-synthetic-image-text.py --seed {args.seed} --train-per-task {args.train_per_task} "
+        f"python -m mtllora.benchmarks.image_text_synthetic --seed {args.seed} --train-per-task {args.train_per_task} "
         f"--eval-per-task {args.eval_per_task} --image-size {args.image_size} --noise {args.noise}"
     )
     vqa, gqa, nlvr, caption = (base[task] for task in ("vqa", "gqa", "nlvr", "caption"))

@@ -1,6 +1,6 @@
 """Image folders -> one HDF5 file of region features in the VL-T5 layout, for the image-text benchmark.
 
-    python scripts/extract-image-features.py --images DIR [DIR ...] --output FILE.h5
+    python -m mtllora.benchmarks.image_text_features --images DIR [DIR ...] --output FILE.h5
         [--backbone pixels|clip-rn101] [--boxes 36] [--dim 128] [--seed 0] [--batch-size 32] [--device cpu]
 
 Every image (*.png, *.jpg, *.jpeg; its id is the file name without extension, unique across the folders) becomes
@@ -51,7 +51,6 @@ feature_extraction/tsv_to_h5.py.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +62,7 @@ import numpy as np
 from PIL import Image
 
 from mtllora.benchmarks.image_text_data import downsample_grid
+from mtllora.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CELL_PIXELS = 32  # pixel features: cell side after resizing
@@ -243,9 +243,8 @@ def extract_features(
     interrupted run leaves no partial file behind)."""
     side = grid_side(n_boxes)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
     ids = list(images)
-    with h5py.File(partial, "w") as f:
+    with atomic_path(output) as partial, h5py.File(partial, "w") as f:
         f.attrs.update(attributes)
         for start in range(0, len(ids), batch_size):
             batch_ids = ids[start : start + batch_size]
@@ -259,7 +258,6 @@ def extract_features(
                 group["boxes"] = cell_boxes(image.width, image.height, side)
                 group["img_w"] = image.width
                 group["img_h"] = image.height
-    os.replace(partial, output)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

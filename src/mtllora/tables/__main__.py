@@ -1,0 +1,5 @@
+"""`python -m mtllora.tables`: see the package docstring."""
+
+from . import main
+
+main()
