@@ -439,7 +439,8 @@ def analyze(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Analyses every run in `sources`, writes the figures and `analysis.json` under `out`, and returns the JSON's
-    content. Runs are keyed by their directory as given; `overrides` apply to every run's stored config."""
+    content. Runs are keyed by their directory's name (with its parent's where two share one), never by a path of
+    the machine, so the JSON can be committed; `overrides` apply to every run's stored config."""
     if per_task < folds:
         raise ValueError(f"--examples-per-task {per_task} is below --folds {folds}: every fold needs each task")
     if len(set(map(str, sources))) != len(sources):
@@ -450,12 +451,17 @@ def analyze(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, features, measured = {}, {}, {}
-    for source in sources:
+    names = [Path(source).name for source in sources]
+    keys = [
+        name if names.count(name) == 1 else f"{Path(source).parent.name}/{name}"
+        for source, name in zip(sources, names, strict=True)
+    ]
+    for source, key in zip(sources, keys, strict=True):
         run = load_run(source, overrides, device=device)
         count = len(list(adapter_layers(run.model)))
         if not -count <= pca_layer < count:  # checked before the minutes of analysis, not at the plot
             raise ValueError(f"--pca-layer {pca_layer} is out of range: {source} has {count} adapter layers")
-        results[str(source)], features[str(source)] = analyze_run(run, per_task, folds, seed, batch_size, measured)
+        results[key], features[key] = analyze_run(run, per_task, folds, seed, batch_size, measured)
     labels = [numbers["label"] for numbers in results.values()]
     if len(set(labels)) < len(labels):  # two runs of one method (seeds, profiles): tell them apart by directory
         for key, numbers in results.items():
