@@ -24,12 +24,12 @@ SINGLE_TASK_RUNS = [
 ABLATIONS = [
     "mtl_lora_no_lambda",
     "mtl_lora_n1",
-    "mtl_lora_uniform_mix",
-    "mtl_lora_shared_lambda",
-    "mtl_lora_diag",
+    "mtl_lora_n5",
     "mtl_lora_tau0.5",
     "mtl_lora_tau1",
-    "mtl_lora_n5",
+    "mtl_lora_shared_lambda",
+    "mtl_lora_diag",
+    "mtl_lora_uniform_mix",
 ]
 ABLATION_RUNS = [f"glue-{m}-minilm-l6-s{s}" for m in ABLATIONS for s in (1, 2, 3)]
 
