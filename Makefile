@@ -13,6 +13,9 @@ $(CPU_TARGETS): export HF_DATASETS_OFFLINE ?= 1
 $(CPU_TARGETS): export WANDB_MODE ?= offline
 $(CPU_TARGETS): export DS_ACCELERATOR ?= cpu
 $(CPU_TARGETS): export TOKENIZERS_PARALLELISM ?= false
+# DeepSpeed's JIT-built CPU ops per virtual environment: a build killed half-way leaves a lock in ~/.cache on which
+# every later DeepSpeed start of any checkout would wait forever.
+$(CPU_TARGETS): export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 # The project machines' read-only benchmark data beside the repository, when it is there.
 SHARED_DATA := $(wildcard $(abspath ../shared/data))
 ifneq ($(SHARED_DATA),)

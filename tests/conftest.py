@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,10 @@ from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from mtllora.adapters import AdapterConfig, apply_adapters
 from mtllora.testing import write_tiny_encoder, write_tiny_glue, write_tiny_llama  # noqa: F401 - the tests import them from here
+
+# DeepSpeed JIT-builds its CPU ops behind a lock file that a build killed half-way leaves behind, and every later
+# build (any checkout sharing ~/.cache) then waits on it forever; each virtual environment builds into its own folder.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 NUM_TASKS = 3
 # Small but non-trivial options per method (T=3 tasks, n=3 up-projections, E=4 experts of rank 2).

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import psutil
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -44,10 +45,27 @@ def compose_cfg(args: list[str], output_dir: Path):
         return compose("train", overrides=[*args, f"paths.output_dir={output_dir}"])
 
 
+def run_process(command: list[str], timeout: int, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
+    """subprocess.run from the repository root, which on timeout kills what the command started too (a launcher's
+    ranks left running would hold their port for the next test; torchrun starts them in sessions of their own) and
+    fails the test with the end of the output."""
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.kill()
+            stdout, stderr = process.communicate()
+            pytest.fail(f"{' '.join(command)} timed out after {timeout} s; the end of its output:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def cli(args: list[str], launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     command = [*(launcher or [sys.executable]), *(["-m"] if launcher is None else []), "mtllora.train", *args]
-    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
-    return result
+    return run_process(command, timeout)
 
 
 def test_cli_run_writes_metrics_and_a_loadable_adapter(tiny_encoder_dir, tiny_glue_dir, tmp_path):
