@@ -419,78 +419,58 @@ class Scale:
     vl_answer: int  # decoder tokens per sample
 
 
-FULL = Scale(
-    layer_dims=(4096, 384),  # LLaMA-7B attention projection, MiniLM projection
-    layer_batch=8,
-    layer_seq=256,
-    minilm_batch=16,
-    minilm_seq=128,
-    llama_config={
-        "hidden_size": 512,
-        "intermediate_size": 1376,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 8,
-        "vocab_size": 8192,
-        "max_position_embeddings": 512,
-    },
-    llama_batch=8,
-    llama_seq=128,
-    vl_dim=768,  # bart-base's d_model; 512 samples of 36 visual + 20 text tokens (the official batch)
-    vl_batch=512,
-    vl_visual=36,
-    vl_text=20,
-    vl_bart_config={  # bart-base's shapes, with a smaller vocabulary (the lm_head is not adapted)
-        "d_model": 768,
-        "encoder_layers": 6,
-        "decoder_layers": 6,
-        "encoder_attention_heads": 12,
-        "decoder_attention_heads": 12,
-        "encoder_ffn_dim": 3072,
-        "decoder_ffn_dim": 3072,
-        "vocab_size": 8192,
-        "max_position_embeddings": 1024,
-    },
-    vl_feat_dim=2048,
-    vl_model_batch=8,
-    vl_answer=8,
-)
-QUICK = Scale(
-    layer_dims=(64, 32),
-    layer_batch=8,
-    layer_seq=4,
-    minilm_batch=8,
-    minilm_seq=16,
-    llama_config={
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "vocab_size": 256,
-        "max_position_embeddings": 64,
-    },
-    llama_batch=8,
-    llama_seq=16,
-    vl_dim=96,
-    vl_batch=16,
-    vl_visual=4,
-    vl_text=3,
-    vl_bart_config={
-        "d_model": 32,
-        "encoder_layers": 2,
-        "decoder_layers": 2,
-        "encoder_attention_heads": 4,
-        "decoder_attention_heads": 4,
-        "encoder_ffn_dim": 64,
-        "decoder_ffn_dim": 64,
-        "vocab_size": 256,
-        "max_position_embeddings": 64,
-    },
-    vl_feat_dim=16,
-    vl_model_batch=8,
-    vl_answer=3,
-)
+def llama_config(hidden: int, ffn: int, layers: int, heads: int, vocab: int, positions: int) -> dict[str, int]:
+    """A LlamaConfig's sizes (no grouped-query attention: as many key/value heads as heads)."""
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": positions,
+    }
+
+
+def bart_config(d_model: int, layers: int, heads: int, ffn: int, vocab: int, positions: int) -> dict[str, int]:
+    """A BartConfig's sizes, the encoder's and the decoder's alike."""
+    return {
+        "d_model": d_model,
+        **{f"{side}_layers": layers for side in ("encoder", "decoder")},
+        **{f"{side}_attention_heads": heads for side in ("encoder", "decoder")},
+        **{f"{side}_ffn_dim": ffn for side in ("encoder", "decoder")},
+        "vocab_size": vocab,
+        "max_position_embeddings": positions,
+    }
+
+
+# Each workload size at full scale and at `--quick` scale, side by side.
+SIZES: dict[str, tuple[Any, Any]] = {
+    "layer_dims": ((4096, 384), (64, 32)),  # full: a LLaMA-7B attention projection, a MiniLM projection
+    "layer_batch": (8, 8),
+    "layer_seq": (256, 4),
+    "minilm_batch": (16, 8),
+    "minilm_seq": (128, 16),
+    "llama_config": (
+        llama_config(hidden=512, ffn=1376, layers=4, heads=8, vocab=8192, positions=512),
+        llama_config(hidden=64, ffn=128, layers=2, heads=4, vocab=256, positions=64),
+    ),
+    "llama_batch": (8, 8),
+    "llama_seq": (128, 16),
+    "vl_dim": (768, 96),  # full: bart-base's d_model; 512 samples of 36 visual + 20 text tokens (the official batch)
+    "vl_batch": (512, 16),
+    "vl_visual": (36, 4),
+    "vl_text": (20, 3),
+    "vl_bart_config": (  # full: bart-base's shapes, with a smaller vocabulary (the lm_head is not adapted)
+        bart_config(d_model=768, layers=6, heads=12, ffn=3072, vocab=8192, positions=1024),
+        bart_config(d_model=32, layers=2, heads=4, ffn=64, vocab=256, positions=64),
+    ),
+    "vl_feat_dim": (2048, 16),
+    "vl_model_batch": (8, 8),
+    "vl_answer": (8, 3),
+}
+FULL = Scale(**{name: full for name, (full, _) in SIZES.items()})
+QUICK = Scale(**{name: quick for name, (_, quick) in SIZES.items()})
 # Model level adapts the attention q, k, v and the feed-forward input and output projections of every layer (the
 # DoRA paper's "q,k,v,up,down"): the widest set that AdapterHub can adapt too (it has no LoRA on the attention
 # output projection or Llama's gate_proj), and enough of the model that adapter costs stand out of timing noise.
