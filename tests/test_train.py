@@ -83,6 +83,10 @@ def test_cli_run_writes_metrics_and_a_loadable_adapter(tiny_encoder_dir, tiny_gl
     batch = {k: metrics["train"][k] for k in ("global_batch_size", "per_device_batch_size", "world_size")}
     assert batch == {"global_batch_size": 8, "per_device_batch_size": 8, "world_size": 1}
     assert metrics["train"]["gradient_accumulation_steps"] == 1
+    # Start-up (before HF's loop) and the loop, apart: together the training's seconds.
+    train = metrics["train"]
+    assert train["startup_seconds"] > 0 and train["loop_seconds"] > 0
+    assert train["startup_seconds"] + train["loop_seconds"] == pytest.approx(train["seconds"], rel=1e-6)
     assert metrics["params"]["trainable"] < metrics["params"]["total"]
     assert metrics["config"]["method"]["adapter"]["num_tasks"] == 5
     # The stored config holds no absolute path: the encoder folder (outside the repository and the data directory)

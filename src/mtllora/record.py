@@ -40,10 +40,11 @@ class RecordError(ValueError):
 
 @dataclasses.dataclass
 class RunRecord:
-    """One run's `metrics.json`. `params`: {trainable, total, percent}; `train`: seconds, samples_per_second, steps,
-    final_loss, resumed_from, precision and the batch layout; `data`: facts of the data its results depend on (None:
-    none, left out of the file); `warnings`: every RunWarning message of the run, once each; `inputs`: the content
-    fingerprints of its data and base model (`mtllora.rundir`); `config`: the portable resolved config."""
+    """One run's `metrics.json`. `params`: {trainable, total, percent}; `train`: seconds (startup_seconds before
+    the first step, loop_seconds after), samples_per_second, steps, final_loss, resumed_from, precision and the batch
+    layout; `data`: facts of the data its results depend on (None: none, left out of the file); `warnings`: every
+    RunWarning message of the run, once each; `inputs`: the content fingerprints of its data and base model
+    (`mtllora.rundir`); `config`: the portable resolved config."""
 
     benchmark: str
     profile: str | None
