@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import socket
 import sys
@@ -19,7 +20,7 @@ import transformers
 
 import mtllora
 
-from . import adapterhub, report
+from . import adapterhub, engine, report
 from .harness import measure, peak_step_memory
 from .suites import (
     ALPHA,
@@ -65,7 +66,7 @@ MEMORY_METHOD = (
     "CPU allocation and free events in time order. On CUDA it is `torch.cuda.max_memory_allocated` minus the bytes "
     "allocated before."
 )
-SUITE_KINDS = ("layer", "model", "merged", "vl")
+SUITE_KINDS = ("layer", "model", "merged", "vl", "engine")
 LAYER_ADAPTERHUB_REASON = (
     "AdapterHub adapts layers inside the HF models it supports (via its model mixins), not a bare nn.Linear; "
     "see the model-level rows"
@@ -92,18 +93,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--suites",
-        default="layer,model,merged,vl",
+        default=None,
         help="comma-separated subset of: layer (4096 and 384 layers), model (MiniLM, Llama; with AdapterHub), "
         "merged (merged per-task inference), vl (MTL-LoRA vs LoRA at VL-BART's image-text shapes: a 768 layer on "
-        "512×56 tokens, a VL-BART training step)",
+        "512×56 tokens, a VL-BART training step), engine (whole GLUE training jobs on MiniLM-L6 against PEFT + "
+        "Trainer, each in its own process; needs --engine-data-dir). Default: all; with --quick all but engine",
     )
+    parser.add_argument(
+        "--engine-data-dir",
+        default=os.environ.get("MTLLORA_DATA_DIR"),
+        help="the GLUE tsv files of the engine suite (default $MTLLORA_DATA_DIR)",
+    )
+    parser.add_argument("--engine-steps", type=int, default=200, help="training steps per engine row (20 warm-up)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder")
     parser.add_argument("--no-adapterhub", action="store_true", help="do not create/run the AdapterHub venv")
     parser.add_argument(
         "--adapterhub-venv", type=Path, default=Path(".venv-adapterhub"), help="AdapterHub's own venv (created)"
     )
     args = parser.parse_args(argv)
-    args.suites = [name.strip() for name in args.suites.split(",") if name.strip()]
+    default_suites = [kind for kind in SUITE_KINDS if not (args.quick and kind == "engine")]
+    args.suites = [name.strip() for name in args.suites.split(",") if name.strip()] if args.suites else default_suites
     unknown = sorted(set(args.suites) - set(SUITE_KINDS))
     if unknown or not args.suites:
         parser.error(f"--suites takes a comma-separated subset of {SUITE_KINDS}, got {unknown or 'nothing'}")
@@ -254,6 +263,14 @@ def run_adapterhub(args: argparse.Namespace, scale: Scale, log: Log) -> tuple[di
         return None, str(err)
 
 
+def run_engine(args: argparse.Namespace, log: Log) -> dict[str, Any]:
+    """Returns the engine suite measured (`speed.engine`), or its reason for not running when it lacks data."""
+    if not args.engine_data_dir:
+        return {"status": "not run: no GLUE data (--engine-data-dir or MTLLORA_DATA_DIR)"}
+    steps = args.engine_steps
+    return engine.measure_engine(minilm_path(), args.engine_data_dir, steps, min(20, steps // 2), args.threads, log=log)
+
+
 def cpu_name() -> str:
     """Returns the CPU model name (from /proc/cpuinfo where available)."""
     try:
@@ -266,7 +283,8 @@ def cpu_name() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Runs the benchmark; writes `<out>/<host>-<date>[-quick].{json,md,png}` and returns the JSON path."""
+    """Runs the benchmark; writes `<out>/<host>-<date>[-quick].{json,md,png}` (no figure when only the engine suite
+    ran) and returns the JSON path."""
     args = parse_args(argv)
     log = Log()
     device, dtype = args.device, args.dtype
@@ -293,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if "vl" in args.suites:
         for w in vl_workloads(scale, device, dtype):
             suites.append(measure_suite(Suite(w, vl_training_rows(w)), args, log))
+    engine_suite = run_engine(args, log) if "engine" in args.suites else None
     fill_adapterhub(suites, ah_result, ah_reason)
     for suite in suites:
         report.add_ratios(suite)
@@ -324,11 +343,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "method": {"timing": TIMING_METHOD, "memory": MEMORY_METHOD},
         "suites": suites,
     }
+    if engine_suite is not None:
+        data["engine"] = engine_suite
     data["targets"] = report.evaluate_targets(suites)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{host}-{data['meta']['date']}{'-quick' if args.quick else ''}"
     report.write_json(stem.with_suffix(".json"), data)
-    stem.with_suffix(".md").write_text(report.markdown(data))
-    report.plot(data, stem.with_suffix(".png"))
-    log(f"wrote {stem}.json, .md, .png")
+    engine_section = f"\n{engine.markdown(engine_suite)}" if engine_suite is not None else ""
+    stem.with_suffix(".md").write_text(report.markdown(data) + engine_section)
+    if suites:  # the step-timed suites' figure (an engine-only run has none)
+        report.plot(data, stem.with_suffix(".png"))
+    log(f"wrote {stem}.json, .md{', .png' if suites else ''}")
     return stem.with_suffix(".json")
