@@ -1,4 +1,4 @@
-"""Tiny data and models shared by the tests, the GPU check (scripts/gpu_check.py) and the rehearsal
+"""Tiny data and models shared by the tests, the GPU check (tests/gpu) and the rehearsal
 (`make rehearse`), written from code, offline."""
 
 from __future__ import annotations
