@@ -323,7 +323,8 @@ def training_rows(w: Workload, adapterhub_reason: str | None) -> list[Row]:
 def vl_training_rows(w: Workload) -> list[Row]:
     """Returns the training rows of a VL suite, all at its hyper-parameters: floor, LoRA and MTL-LoRA (full and
     diagonal Λ, on the workload's task-ordered batch, and full Λ with the tasks interleaved, which takes MTL-LoRA's
-    gathered path), and for context PEFT LoRA and the official MTL-LoRA formulation."""
+    gathered path, or with `sort_tasks` is sorted by task inside the layer), and for context PEFT LoRA and the
+    official MTL-LoRA formulation."""
     h = w.hyper
     mtl = {"method": "mtl_lora", "num_tasks": h.num_tasks, "num_up": h.num_up, "temperature": h.temperature}
     interleaved = mixed_task_ids(len(w.task_ids), w.task_ids.device, h.num_tasks)
@@ -335,6 +336,12 @@ def vl_training_rows(w: Workload) -> list[Row]:
             ("mtl_lora", "MTL-LoRA full Λ", mtl, None),
             ("mtl_lora_diag", "MTL-LoRA diagonal Λ", {**mtl, "lambda_type": "diagonal"}, None),
             ("mtl_lora_interleaved", "MTL-LoRA full Λ, tasks interleaved (gathered path)", mtl, interleaved),
+            (
+                "mtl_lora_interleaved_sorted",
+                "MTL-LoRA full Λ, tasks interleaved, sort_tasks (sorted in the layer)",
+                {**mtl, "sort_tasks": True},
+                interleaved,
+            ),
         ]
     ):
         model = apply_adapters(w.make_base(), our_config(options, w.targets, h))

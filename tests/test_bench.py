@@ -23,7 +23,16 @@ from .conftest import randomize_adapters
 PEERS = ["peft_lora", "peft_dora", "official_mtl_lora", "official_multilora"]
 TRAIN_ROWS = ["base", *(key for key, _, _ in OUR_METHODS), *PEERS, *(key for key, _ in ADAPTERHUB_ROWS)]
 INFERENCE_ROWS = ["base", "mtl_lora_merged", "mtl_lora_unmerged", "lora_merged"]
-VL_ROWS = ["base", "lora", "mtl_lora", "mtl_lora_diag", "mtl_lora_interleaved", "peft_lora", "official_mtl_lora"]
+VL_ROWS = [
+    "base",
+    "lora",
+    "mtl_lora",
+    "mtl_lora_diag",
+    "mtl_lora_interleaved",
+    "mtl_lora_interleaved_sorted",
+    "peft_lora",
+    "official_mtl_lora",
+]
 
 
 @pytest.fixture(scope="module")

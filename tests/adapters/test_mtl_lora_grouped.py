@@ -1,5 +1,6 @@
-"""MTL-LoRA's two ways of adding the per-task up-projections (gathered per sample, grouped in runs of one task)
-compute the same outputs and gradients, whatever the mix of tasks in the batch and for every ablation variant."""
+"""MTL-LoRA's ways of adding the per-task up-projections (gathered per sample, grouped in runs of one task, grouped
+on the batch sorted by task inside the layer) compute the same outputs and gradients, whatever the mix of tasks in
+the batch and for every ablation variant; the sorted one saves for backward what LoRA saves, whatever the order."""
 
 import copy
 
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from mtllora.adapters import AdapterConfig, apply_adapters, mtl_lora
-from mtllora.adapters.mtl_lora import task_runs
+from mtllora.adapters.mtl_lora import task_order, task_runs
 
 from ..conftest import randomize_adapters
 
@@ -53,15 +54,31 @@ def layer_model(dtype: torch.dtype = torch.float64, randomize: bool = True, **op
     return model
 
 
+GROUPINGS = {
+    "runs": lambda ids, *_: (task_runs(ids), None),  # the batch's own runs, however many
+    "sorted": lambda ids, *_: task_order(ids)[::-1],  # (runs, order) of the batch sorted by task
+    "gathered": lambda *_: None,
+    "rule": mtl_lora._grouping,  # what the layer picks by itself
+}
+
+
 def _run(
-    model: nn.Module, x: torch.Tensor, ids: torch.Tensor, grouped: bool, monkeypatch, factored: bool | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    grouped: bool | None,
+    monkeypatch,
+    factored: bool | None = None,
+    sort: bool = False,
 ) -> tuple:
     """Returns (output, gradients of x and of every trainable parameter) of one forward+backward on the grouped path
-    (`grouped`, interleaved tasks included) or the gathered one, whatever the rule would pick; on the grouped path,
-    `factored` forces every run to apply Λ_t and M_t apart (True) or through U_t (False), None leaves it to size."""
+    (`grouped`, interleaved tasks included; on the batch sorted by task inside the layer with `sort`), the gathered
+    one (False), whatever the rule would pick, or the rule's pick (None); on the grouped path, `factored` forces
+    every run to apply Λ_t and M_t apart (True) or through U_t (False), None leaves it to size."""
     if factored is not None:
         monkeypatch.setattr(mtl_lora, "_factored", lambda tokens, out_features: factored)
-    monkeypatch.setattr(mtl_lora, "_grouped_runs", (lambda ids, *_: task_runs(ids)) if grouped else (lambda *_: None))
+    path = "rule" if grouped is None else ("sorted" if sort else "runs") if grouped else "gathered"
+    monkeypatch.setattr(mtl_lora, "_grouping", GROUPINGS[path])
     model = copy.deepcopy(model)
     x = x.clone().requires_grad_(True)
     out = model(x, task_ids=ids)
@@ -71,16 +88,18 @@ def _run(
     return out.detach(), x.grad, grads
 
 
+@pytest.mark.parametrize("sort", [False, True], ids=["runs", "sorted"])
 @pytest.mark.parametrize("factored", [None, True, False], ids=["by size", "factored", "through U"])
 @pytest.mark.parametrize("mix", list(MIXES))
 @pytest.mark.parametrize("variant", ["full Λ_t", *VARIANTS])
-def test_grouped_path_equals_gathered_path(variant, mix, factored, monkeypatch):
-    """By size (the default rule, out = 10 features): runs of 5 tokens are factored, of 10 or 15 go through U."""
+def test_grouped_path_equals_gathered_path(variant, mix, factored, sort, monkeypatch):
+    """By size (the default rule, out = 10 features): runs of 5 tokens are factored, of 10 or 15 go through U (on
+    the sorted batch, a task's samples form one run: 5 to 30 tokens)."""
     options = VARIANTS.get(variant, {})
     model = layer_model(**options)
     ids = torch.tensor(MIXES[mix])
     x = torch.randn(len(ids), 5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    out_g, dx_g, grads_g = _run(model, x, ids, grouped=True, monkeypatch=monkeypatch, factored=factored)
+    out_g, dx_g, grads_g = _run(model, x, ids, grouped=True, monkeypatch=monkeypatch, factored=factored, sort=sort)
     out_b, dx_b, grads_b = _run(model, x, ids, grouped=False, monkeypatch=monkeypatch)
     torch.testing.assert_close(out_g, out_b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dx_g, dx_b, rtol=1e-12, atol=1e-12)
@@ -100,12 +119,20 @@ def test_grouped_path_equals_gathered_path(variant, mix, factored, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "path", [dict(grouped=False), dict(grouped=True, factored=True), dict(grouped=True, factored=False)], ids=str
+    "path",
+    [
+        dict(grouped=False),
+        dict(grouped=True, factored=True),
+        dict(grouped=True, factored=False),
+        dict(grouped=True, factored=True, sort=True),
+        dict(grouped=True, factored=False, sort=True),
+    ],
+    ids=str,
 )
 def test_every_path_in_bf16_keeps_fp32_adapters_and_bf16_accuracy(path, monkeypatch):
     """A bf16 base with fp32 adapters: the output is bf16, the adapters' gradients fp32, and every path is as close
     to fp64 arithmetic on the same bf16 values as bf16 allows (measured: 2e-3 to 5e-3 of each tensor's largest
-    entry on all three paths; two bf16 results differ elementwise by more, so each is held to the fp64 one)."""
+    entry on the first three paths; two bf16 results differ elementwise by more, so each is held to the fp64 one)."""
     model = layer_model(dtype=torch.bfloat16)
     assert model.proj.lora_A.dtype == torch.float32 and model.proj.base_layer.weight.dtype == torch.bfloat16
     ids = torch.tensor(MIXES["interleaved"])
@@ -118,15 +145,84 @@ def test_every_path_in_bf16_keeps_fp32_adapters_and_bf16_accuracy(path, monkeypa
         assert error < 1e-2, f"{name}: {error:.1e} of its largest entry"
 
 
-def test_the_rule_picks_grouped_for_short_samples_ordered_by_task(monkeypatch):
-    model = layer_model()  # r = 8: the gathered path from 8·8 = 64 tokens per sample
+@pytest.mark.parametrize("sort_tasks", [False, True])
+def test_the_rule_picks_grouped_for_short_samples_ordered_by_task(sort_tasks, monkeypatch):
+    model = layer_model(sort_tasks=sort_tasks)  # r = 8: the gathered path from 8·8 = 64 tokens per sample
     picked = []
-    monkeypatch.setattr(mtl_lora._GroupedUpProjection, "apply", lambda *args: picked.append(args[2]) or args[0])
+    monkeypatch.setattr(
+        mtl_lora._GroupedUpProjection, "apply", lambda *args: picked.append((args[2], args[3])) or args[0]
+    )
     with torch.no_grad():
-        for tokens, ids in [(63, [0, 0, 1, 3]), (64, [0, 0, 1, 3]), (63, [0, 1, 0, 1, 0])]:
+        for tokens, ids in [(63, [0, 0, 1, 3]), (64, [0, 0, 1, 3]), (63, [0, 1, 0, 1, 0]), (64, [0, 1, 0, 1, 0])]:
             model(torch.randn(len(ids), tokens, 12, dtype=torch.float64), task_ids=torch.tensor(ids))
-    # Only the first call: the second has 64 tokens per sample, the third 5 runs for T = 4 tasks (interleaved).
-    assert picked == [[(0, 0, 126), (1, 126, 189), (3, 189, 252)]]  # the runs' rows: 63 per sample
+    # The first call (the runs' rows: 63 per sample, no reordering); the second and fourth have 64 tokens per sample
+    # (gathered); the third 5 runs for T = 4 tasks (interleaved): gathered, or with `sort_tasks` sorted by task.
+    expected = [([(0, 0, 126), (1, 126, 189), (3, 189, 252)], None)]
+    if sort_tasks:
+        expected.append(([(0, 0, 189), (1, 189, 315)], [0, 2, 4, 1, 3]))
+    assert [(runs, None if order is None else order.tolist()) for runs, order in picked] == expected
+
+
+@pytest.mark.parametrize("variant", ["full Λ_t", "diagonal Λ_t", "shared Λ"])
+def test_sorted_path_equals_gathered_path_for_random_orders(variant, monkeypatch):
+    """With `sort_tasks` and the rule left to pick: random task ids in random orders (every one interleaved), the
+    runs by size (out = 10 features: a task with fewer than 4 samples of 3 tokens is factored)."""
+    model = layer_model(sort_tasks=True, **VARIANTS.get(variant, {}))
+    gen = torch.Generator().manual_seed(3)
+    orders = []
+    apply = mtl_lora._GroupedUpProjection.apply
+    monkeypatch.setattr(mtl_lora._GroupedUpProjection, "apply", lambda *a: orders.append(a[3]) or apply(*a))
+    for trial in range(5):
+        ids = torch.randint(0, NUM_TASKS, (16,), generator=gen)
+        assert len(task_runs(ids)) > NUM_TASKS, f"trial {trial}: ids {ids.tolist()} are not interleaved"
+        x = torch.randn(len(ids), 3, 12, dtype=torch.float64, generator=gen)
+        out_s, dx_s, grads_s = _run(model, x, ids, grouped=None, monkeypatch=monkeypatch)
+        assert len(orders) == 1 and orders.pop() is not None  # the sorted path ran
+        out_b, dx_b, grads_b = _run(model, x, ids, grouped=False, monkeypatch=monkeypatch)
+        torch.testing.assert_close(out_s, out_b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(dx_s, dx_b, rtol=1e-12, atol=1e-12)
+        for name in grads_b:
+            torch.testing.assert_close(grads_s[name], grads_b[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
+def _saved_bytes(model: nn.Module, x: torch.Tensor, ids: torch.Tensor | None) -> int:
+    """Returns the bytes of the tensors autograd saves for backward in one forward (parameters included)."""
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x, **({} if ids is None else {"task_ids": ids}))
+    return sum(sizes)
+
+
+def test_sorted_path_saves_what_the_ordered_batch_saves():
+    """The sorted path keeps z (sorted) and the order, the ordered batch's runs keep z: they differ by the order's
+    8 bytes per sample, whatever the order, while the gathered path keeps [batch, r, out] more."""
+    ids = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    x = torch.randn(len(ids), 5, 12, dtype=torch.float64, requires_grad=True)
+    ordered = _saved_bytes(layer_model(), x, ids.sort().values)
+    gathered = _saved_bytes(layer_model(), x, ids)
+    sorted_ = _saved_bytes(layer_model(sort_tasks=True), x, ids)
+    assert sorted_ - ordered == 8 * len(ids)
+    assert gathered - ordered >= len(ids) * R * 10 * 8  # the gathered U: [8, r, 10] in fp64
+
+
+def test_task_order_is_a_stable_sort_read_once_per_ids_tensor():
+    ids = torch.tensor([1, 1, 0, 2, 2, 0, 1])
+    order, runs = task_order(ids)
+    assert order.tolist() == [2, 5, 0, 1, 6, 3, 4] and order.dtype == torch.long
+    assert runs == [(0, 0, 2), (1, 2, 5), (2, 5, 7)]
+    assert task_order(ids) is task_order(ids)
+    ids[2] = 2  # changed in place: read again
+    assert task_order(ids)[0].tolist() == [5, 0, 1, 6, 2, 3, 4]
+
+
+def test_sort_tasks_must_be_a_bool():
+    with pytest.raises(ValueError, match="sort_tasks must be true or false, got 'yes'"):
+        layer_model(sort_tasks="yes")
 
 
 def test_task_runs_are_read_once_per_ids_tensor():

@@ -27,7 +27,16 @@ sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`) and by how the batch'
   flops instead of r²·out. A single-task batch (the official VL-BART loader's) is one run, LoRA's cost; a batch
   ordered by task has at most T runs. The runs are read from the task ids once per forward (one host sync) and
   shared by every layer. A batch with more runs than T (tasks interleaved) takes the gathered path
-  (`_grouped_runs`): order the rows of each batch by task (the loss does not depend on the order).
+  (`_grouping`), which saves its [batch, r, out] gathered up-projections for backward (2× LoRA's saved bytes at the
+  VL shapes): order the rows of each batch by task (the loss does not depend on the order), or set
+  `sort_tasks=True`.
+- sorted (`sort_tasks=True`, S < 8·r, tasks interleaved): the grouped path on the batch sorted by task inside the
+  layer. The samples' task order (a stable sort, `task_order`) is read once per forward as the runs are; z's rows
+  are gathered in that order (r wide, cheap next to the output), each task's z_t U_t is added into its samples'
+  rows of the output (`index_add_`), and backward gathers the output gradient's rows of one task at a time. Only
+  the sorted z is saved, as on the grouped path: LoRA's saved bytes whatever the order. Off by default: the
+  committed GLUE runs (batches shuffled across tasks, padded per batch, often under 8·r = 64 tokens) took the
+  gathered path, and the sorted one sums in another order (equal to 1e-12 in fp64, not bit for bit).
 """
 
 from __future__ import annotations
@@ -49,10 +58,11 @@ MIXINGS = ("learned", "uniform")
 # path (runs of one task), faster and smaller (see the module docstring and `make bench`'s VL suites).
 GATHER_MIN_TOKENS_PER_RANK = 8
 
-# Runs of one task per task-id tensor. The router hands every layer of a forward the same ids tensor, so the runs
-# are read from it (a host sync on accelerators) once per forward, not once per layer. Stored with the tensor's
-# version counter: ids changed in place are read again.
+# Runs of one task per task-id tensor, and the batch's task order (`task_order`). The router hands every layer of a
+# forward the same ids tensor, so the runs are read from it (a host sync on accelerators) once per forward, not once
+# per layer. Stored with the tensor's version counter: ids changed in place are read again.
 _RUNS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+_ORDERS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
 def task_runs(ids: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -72,16 +82,43 @@ def task_runs(ids: torch.Tensor) -> list[tuple[int, int, int]]:
     return result
 
 
-def _grouped_runs(
-    ids: torch.Tensor, tokens_per_sample: int, rank: int, num_tasks: int
-) -> list[tuple[int, int, int]] | None:
-    """Returns the runs of one task (`task_runs`) when the batch takes the grouped path, else None (gathered): its
-    samples are shorter than `GATHER_MIN_TOKENS_PER_RANK` · r, and it has no more runs than tasks. More runs mean
-    interleaved tasks and many small GEMMs, each a kernel launch on GPUs and a parallel region on CPUs."""
+def task_order(ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """Returns (order, runs): the samples sorted by task (stable: batch order within a task), a LongTensor [batch]
+    on the ids' device, and the runs of the sorted batch, one per task present, as (task, first, end) positions in
+    `order`. Read from `task_runs` (no second host sync) and cached per ids tensor as it is."""
+    cached = _ORDERS.get(ids)
+    if cached is not None and cached[0] == ids._version:
+        return cached[1]
+    samples: dict[int, list[int]] = {}
+    for task, start, end in task_runs(ids):
+        samples.setdefault(task, []).extend(range(start, end))
+    order: list[int] = []
+    runs = []
+    for task in sorted(samples):
+        runs.append((task, len(order), len(order) + len(samples[task])))
+        order.extend(samples[task])
+    result = (torch.tensor(order, dtype=torch.long, device=ids.device), runs)
+    _ORDERS[ids] = (ids._version, result)
+    return result
+
+
+def _grouping(
+    ids: torch.Tensor, tokens_per_sample: int, rank: int, num_tasks: int, sort_tasks: bool
+) -> tuple[list[tuple[int, int, int]], torch.Tensor | None] | None:
+    """Returns (runs, order) when the batch takes the grouped path, else None (gathered); grouped needs samples
+    shorter than `GATHER_MIN_TOKENS_PER_RANK` · r. A batch with no more runs (`task_runs`) than tasks gives its own
+    runs and no order. More runs mean interleaved tasks, which in place would be many small GEMMs (each a kernel
+    launch on GPUs, a parallel region on CPUs): with `sort_tasks`, the runs of the batch sorted by task and that
+    order (`task_order`), else None."""
     if tokens_per_sample >= GATHER_MIN_TOKENS_PER_RANK * rank:
         return None
     runs = task_runs(ids)
-    return runs if len(runs) <= num_tasks else None
+    if len(runs) <= num_tasks:
+        return runs, None
+    if not sort_tasks:
+        return None
+    order, sorted_runs = task_order(ids)
+    return sorted_runs, order
 
 
 def _mixing_weights(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
@@ -133,54 +170,77 @@ class _GroupedUpProjection(torch.autograd.Function):
     instead, (z Λ_tᵀ) M_t: tokens·r² flops rather than forming U_t's r²·out (a decoder step or a short answer at
     r = 64 would otherwise pay far more for U than for its tokens).
 
+    With `order` (the samples sorted by task, `task_order`) the runs are rows of the sorted batch: z's rows are
+    gathered in that order (r wide), each run's product is added into its samples' rows of the output
+    (`index_add_`), and backward gathers the output gradient's rows one run at a time (out wide, one run's worth).
+
     A custom Function because autograd would clone the whole output gradient for every in-place update of an
     output slice (CopySlices); here backward passes the output gradient through untouched and computes z's, Λ's and
     M's gradients run by run (LoRA's backward GEMMs, plus tokens·r² or r²·out ones for Λ) into preallocated
-    tensors. Nothing but z is kept between forward and backward, as for LoRA; M and U are formed again. The
-    parameters' gradients follow by `_mixing_backward` (no nested autograd call: this runs once per layer and step,
-    and small layers would feel its overhead)."""
+    tensors. Nothing but z (sorted, with `order`) is kept between forward and backward, as for LoRA; M and U are
+    formed again. The parameters' gradients follow by `_mixing_backward` (no nested autograd call: this runs once
+    per layer and step, and small layers would feel its overhead)."""
 
     @staticmethod
-    def forward(ctx, out, z, runs, scaling, temperature, lam, lora_B, logits):
+    def forward(ctx, out, z, runs, order, scaling, temperature, lam, lora_B, logits):
         # Per-task views (tuples indexed by task) unbound once: on the small runs of a small batch the count of
         # operations is the cost.
         lambda_t_by_task = _full_lambdas(lam).transpose(1, 2).unbind(0)  # Λ_tᵀ [r, r]
         mixed = _mixed_up_projections(lora_B, logits, scaling, temperature)
         mixed_by_task = mixed.unbind(0)  # M_t [r, out]
         sizes = [end - start for _, start, end in runs]
-        for (task, _, _), out_rows, z_rows in zip(runs, out.split(sizes), z.split(sizes), strict=True):
-            if _factored(len(z_rows), out.shape[-1]):  # in the adapter's dtype: few tokens
-                w = z_rows.to(mixed.dtype) @ lambda_t_by_task[task]
-                if out.dtype == mixed.dtype:
-                    out_rows.addmm_(w, mixed_by_task[task])
-                else:
-                    out_rows.add_((w @ mixed_by_task[task]).to(out.dtype))
-            else:  # U_t formed in the adapter's dtype, applied in the activations' (as the gathered path)
-                out_rows.addmm_(z_rows, (lambda_t_by_task[task] @ mixed_by_task[task]).to(out.dtype))
+        if order is None:
+            for (task, _, _), out_rows, z_rows in zip(runs, out.split(sizes), z.split(sizes), strict=True):
+                _add_run(z_rows, lambda_t_by_task[task], mixed_by_task[task], out_rows)
+        else:
+            per_sample = out.shape[0] // order.shape[0]
+            z = z.view(order.shape[0], per_sample, -1).index_select(0, order).view_as(z)
+            out_by_sample = out.view(order.shape[0], per_sample, -1)
+            buffer = out.new_empty(max(sizes), out.shape[1])  # one run's products at a time, one allocation
+            for (task, start, end), z_rows in zip(runs, z.split(sizes), strict=True):
+                product = buffer[: end - start]
+                _add_run(z_rows, lambda_t_by_task[task], mixed_by_task[task], product, overwrite=True)
+                samples = order[start // per_sample : end // per_sample]
+                out_by_sample.index_add_(0, samples, product.view(len(samples), per_sample, -1))
         ctx.mark_dirty(out)
-        ctx.save_for_backward(z, lam, lora_B, logits)
+        ctx.save_for_backward(z, order, lam, lora_B, logits)
         ctx.runs, ctx.sizes, ctx.scaling, ctx.temperature = runs, sizes, scaling, temperature
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        z, lam, lora_B, logits = ctx.saved_tensors
-        needs_z, needs_params = ctx.needs_input_grad[1], any(ctx.needs_input_grad[5:])
+        z, order, lam, lora_B, logits = ctx.saved_tensors
+        needs_z, needs_params = ctx.needs_input_grad[1], any(ctx.needs_input_grad[6:])
         if not (needs_z or needs_params):
-            return grad, None, None, None, None, None, None, None
+            return grad, None, None, None, None, None, None, None, None
         lams, mixed = _full_lambdas(lam), _mixed_up_projections(lora_B, logits, ctx.scaling, ctx.temperature)
         # Tuples indexed by task: Λ_t and Λ_tᵀ [r, r], M_t [r, out], and M_tᵀ once a run needs it.
         lambda_by_task, lambda_t_by_task = lams.unbind(0), lams.transpose(1, 2).unbind(0)
         mixed_by_task, mixed_t_by_task = mixed.unbind(0), None
-        grad_z = torch.empty_like(z) if needs_z else None
+        grad_z = torch.empty_like(z) if needs_z else None  # in z's (with `order`: sorted) row order
         grad_lam = torch.zeros_like(lams) if needs_params else None
         grad_mixed = torch.zeros_like(mixed) if needs_params else None
         grad_lambda_by_task = grad_lam.unbind(0) if needs_params else None  # views: accumulated in place
         grad_mixed_by_task = grad_mixed.unbind(0) if needs_params else None
         grad_z_runs = grad_z.split(ctx.sizes) if needs_z else [None] * len(ctx.runs)
+        if order is None:
+            grad_runs = grad.split(ctx.sizes)
+        else:  # one run's rows of the output gradient at a time, into one buffer
+            per_sample = grad.shape[0] // order.shape[0]
+            grad_by_sample = grad.reshape(order.shape[0], per_sample, -1)  # the gradient may come non-contiguous
+            buffer = grad.new_empty(max(ctx.sizes), grad.shape[1])
+            grad_runs = (
+                torch.index_select(
+                    grad_by_sample,
+                    0,
+                    order[start // per_sample : end // per_sample],
+                    out=buffer[: end - start].view(-1, per_sample, grad.shape[1]),
+                ).view(-1, grad.shape[1])
+                for _, start, end in ctx.runs
+            )
         for (task, _, _), g, z_rows, grad_z_rows in zip(
-            ctx.runs, grad.split(ctx.sizes), z.split(ctx.sizes), grad_z_runs, strict=True
+            ctx.runs, grad_runs, z.split(ctx.sizes), grad_z_runs, strict=True
         ):
             if _factored(len(z_rows), grad.shape[-1]):  # out += w M_t with w = z Λ_tᵀ, in the adapter's dtype
                 if mixed_t_by_task is None:
@@ -199,10 +259,40 @@ class _GroupedUpProjection(torch.autograd.Function):
                     grad_up = (z_rows.t() @ g).to(mixed.dtype)
                     grad_mixed_by_task[task].addmm_(lambda_by_task[task], grad_up)
                     grad_lambda_by_task[task].addmm_(mixed_by_task[task], grad_up.t())
+        if needs_z and order is not None:  # back to the batch's order
+            by_sample = grad_z.view(order.shape[0], -1, grad_z.shape[1])
+            grad_z = torch.empty_like(by_sample).index_copy_(0, order, by_sample).view_as(z)
         grad_params = (None, None, None)
         if needs_params:
             grad_params = _mixing_backward(grad_lam, grad_mixed, lam, lora_B, logits, ctx.scaling, ctx.temperature)
-        return grad, grad_z, None, None, None, *grad_params
+        return grad, grad_z, None, None, None, None, *grad_params
+
+
+def _add_run(
+    z_rows: torch.Tensor, lambda_t: torch.Tensor, mixed_t: torch.Tensor, out_rows: torch.Tensor, overwrite: bool = False
+) -> None:
+    """Adds z_rows U_t, U_t = Λ_tᵀ M_t (`lambda_t` is Λ_tᵀ), into `out_rows` in place, or writes it there with
+    `overwrite`. Factored, (z Λ_tᵀ) M_t in the adapter's dtype, when the run has fewer tokens than out features
+    (`_factored`); else U_t is formed in the adapter's dtype and applied in the activations' (as the gathered
+    path)."""
+    if _factored(len(z_rows), mixed_t.shape[-1]):
+        w = z_rows.to(mixed_t.dtype) @ lambda_t
+        if out_rows.dtype != mixed_t.dtype:
+            product = (w @ mixed_t).to(out_rows.dtype)
+            if overwrite:
+                out_rows.copy_(product)
+            else:
+                out_rows.add_(product)
+        elif overwrite:
+            torch.mm(w, mixed_t, out=out_rows)
+        else:
+            out_rows.addmm_(w, mixed_t)
+    else:
+        up = (lambda_t @ mixed_t).to(out_rows.dtype)
+        if overwrite:
+            torch.mm(z_rows, up, out=out_rows)
+        else:
+            out_rows.addmm_(z_rows, up)
 
 
 def _factored(tokens: int, out_features: int) -> bool:
@@ -219,6 +309,9 @@ class MTLLoRAOptions:
     lambda_type: str = "full"  # "full": Λ_t is r×r (official scripts); "diagonal": diag(λ_t); "identity": I, fixed
     shared_lambda: bool = False  # one Λ for every task (ablation) instead of one per task
     mixing: str = "learned"  # "learned": trained logits w_t (official); "uniform": w_t fixed at 0, p_t = 1/n
+    # Short samples with tasks interleaved: sorted by task inside the layer (LoRA's memory) rather than the gathered
+    # path (module docstring). Off by default: the committed runs took the gathered path.
+    sort_tasks: bool = False
 
     def __post_init__(self) -> None:
         if self.num_tasks < 1:
@@ -231,6 +324,8 @@ class MTLLoRAOptions:
             raise ValueError(f"unknown lambda_type {self.lambda_type!r}; expected one of {LAMBDA_TYPES}")
         if not isinstance(self.shared_lambda, bool):
             raise ValueError(f"shared_lambda must be true or false, got {self.shared_lambda!r}")
+        if not isinstance(self.sort_tasks, bool):
+            raise ValueError(f"sort_tasks must be true or false, got {self.sort_tasks!r}")
         if self.mixing not in MIXINGS:
             raise ValueError(f"unknown mixing {self.mixing!r}; expected one of {MIXINGS}")
 
@@ -311,11 +406,12 @@ class MTLLoRALinear(AdapterLinear):
         z = self.lowrank_input(x2d, self.lora_A).to(out.dtype)
         batch = ids.shape[0]
         per_sample = out.shape[0] // batch
-        runs = _grouped_runs(ids, per_sample, self.r, self.options.num_tasks)
-        if runs is not None:
+        grouping = _grouping(ids, per_sample, self.r, self.options.num_tasks, self.options.sort_tasks)
+        if grouping is not None:
+            runs, order = grouping
             rows = [(task, start * per_sample, end * per_sample) for task, start, end in runs]
             params = (self.task_lambdas(), self.lora_B, self.lora_B_weight)
-            out = _GroupedUpProjection.apply(out, z, rows, self.scaling, self.options.temperature, *params)
+            out = _GroupedUpProjection.apply(out, z, rows, order, self.scaling, self.options.temperature, *params)
         else:
             up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
             # Out of place: baddbmm_ on a [batch, tokens, out] view of the output would make autograd copy the
