@@ -51,6 +51,7 @@ RESULT_NEUTRAL_KEYS = (
     "trainer.save_steps",
     "trainer.save_total_limit",
     "trainer.per_device_eval_batch_size",
+    "benchmark.eval_merged",  # the same generations with the adapters merged per task (docs/commonsense.md)
     "trainer.dataloader_num_workers",
     "trainer.callbacks",
 )

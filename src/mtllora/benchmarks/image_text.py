@@ -30,7 +30,7 @@ from ..metrics import caption_metrics, exact_match_accuracy, vqa_accuracy, vqa_s
 from ..models import ModelConfig, load_pretrained, load_tokenizer
 from ..vl_bart import VLBartForConditionalGeneration
 from .base import Benchmark, mix_tasks, seeded_subsample
-from .generation import generate_image_text, needs_synced_gpus, pad_visual_tokens, write_jsonl
+from .generation import eval_merged, generate_image_text, needs_synced_gpus, pad_visual_tokens, write_jsonl
 from .image_text_data import (
     EXPECTED_LAYOUT,
     OFFICIAL_SPLITS,
@@ -90,6 +90,7 @@ class ImageTextBenchmark(Benchmark):
         eval_batch_size: int = 64,
         max_new_tokens: PerTask = 20,
         num_beams: int = 1,
+        eval_merged: bool = False,
         vqa_evaluator: str = "vl-t5",
         task_batches: bool = False,
         task_batch_scale: Mapping[str, int | float | str] | None = None,
@@ -126,6 +127,9 @@ class ImageTextBenchmark(Benchmark):
         if any(n is None or n < 1 for n in self.max_new_tokens.values()):
             raise ValueError(f"benchmark.max_new_tokens must be >= 1 for every task, got {self.max_new_tokens}")
         self.num_beams = num_beams
+        if not isinstance(eval_merged, bool):
+            raise ValueError(f"benchmark.eval_merged must be true or false, got {eval_merged!r}")
+        self.eval_merged = eval_merged
         self.vqa_evaluator = vqa_evaluator
         self.task_batches = task_batches
         scale = self._per_task(task_batch_scale or OFFICIAL_TASK_BATCH_SCALE, "task_batch_scale")
@@ -324,6 +328,7 @@ class ImageTextBenchmark(Benchmark):
                     max_new_tokens=max_new_tokens,
                     num_beams=self.num_beams,
                     synced_gpus=needs_synced_gpus(trainer),
+                    merged=eval_merged(trainer, self.eval_merged),
                     desc=f"{self.name} eval",
                 )
             )

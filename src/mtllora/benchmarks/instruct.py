@@ -32,7 +32,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from ..metrics import RunWarning
 from ..models import ModelConfig, load_pretrained, load_tokenizer
 from .base import Benchmark, ExportLayout, read_text, same_model_layout, seeded_subsample
-from .generation import generate, needs_synced_gpus, write_jsonl
+from .generation import eval_merged, generate, needs_synced_gpus, write_jsonl
 
 # The official training prompt (mlora_finetune.py), whitespace included: the 16-space indentation and the trailing
 # spaces of its f-strings are part of what the model learns. The official evaluator's copy differs in whitespace
@@ -199,8 +199,11 @@ class InstructBenchmark(Benchmark):
         max_new_tokens: int = 32,
         num_beams: int = 1,
         answer_patterns: Mapping[str, str] | None = None,
+        eval_merged: bool = False,
         seed: int = 0,
     ) -> None:
+        if not isinstance(eval_merged, bool):
+            raise ValueError(f"benchmark.eval_merged must be true or false, got {eval_merged!r}")
         self.name = name
         self.train_files = [Path(f) for f in train_files]
         # Without a configured list, tasks are the records' `task` names in order of first appearance.
@@ -222,6 +225,7 @@ class InstructBenchmark(Benchmark):
         self.eval_batch_size = eval_batch_size
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
+        self.eval_merged = eval_merged
         self.answer_patterns = {t: _compile_pattern(t, p) for t, p in (answer_patterns or {}).items()}
         self.cache_dir = Path(cache_dir)
         self.seed = seed
@@ -371,6 +375,7 @@ class InstructBenchmark(Benchmark):
                 tokenizer,
                 [(task, r) for task in self.tasks for r in records[task]],
                 synced_gpus=needs_synced_gpus(trainer),
+                merged=eval_merged(trainer, self.eval_merged),
             )
         )
         results = {}
@@ -395,10 +400,12 @@ class InstructBenchmark(Benchmark):
         tokenizer: PreTrainedTokenizerBase,
         items: Sequence[tuple[str, Mapping[str, Any]]],
         synced_gpus: bool = False,
+        merged: bool | None = None,
     ) -> list[dict[str, str]]:
         """Returns {"response", "prediction"} for every (task, record): the generated response to the record's
-        prompt under the task's id (tasks share batches) and the answer extracted from it. Evaluation and
-        `predict` both answer through it, so a prediction is what the evaluation scored."""
+        prompt under the task's id (tasks share batches; `merged`, by default the benchmark's `eval_merged`: each
+        task's rows apart, with its update merged) and the answer extracted from it. Evaluation and `predict` both
+        answer through it, so a prediction is what the evaluation scored."""
         task_ids = {task: i for i, task in enumerate(self.tasks)}
         responses = generate(
             model,
@@ -409,6 +416,7 @@ class InstructBenchmark(Benchmark):
             max_new_tokens=self.max_new_tokens,
             num_beams=self.num_beams,
             synced_gpus=synced_gpus,
+            merged=self.eval_merged if merged is None else merged,
             desc=f"{self.name} generate",
         )
         return [
