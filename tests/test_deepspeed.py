@@ -1,4 +1,5 @@
-"""DeepSpeed on two CPU ranks: adapter-only checkpoints, resume after a kill, and ZeRO-3 equal to one process."""
+"""DeepSpeed on CPU: adapter-only checkpoints, resume after a kill, ZeRO-3 on two ranks equal to one process, and one
+process without DeepSpeed's shared-memory all-reduce."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .test_train import cli, overrides
+from .test_train import cli, overrides, run_process
 
 DEEPSPEED = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2", "--master_port", "29521", "--module"]
 
@@ -47,6 +48,30 @@ def test_zero2_checkpoints_hold_adapters_only_and_resume_after_a_kill(tiny_encod
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
+def test_one_cpu_process_skips_the_shared_memory_allreduce_with_equal_weights(
+    tiny_encoder_dir, tiny_glue_dir, tmp_path
+):
+    base = [
+        *overrides(tiny_encoder_dir, tiny_glue_dir, tmp_path, "method=mtl_lora", "deepspeed=zero2"),
+        "trainer.max_steps=6",
+    ]
+    skipped = cli([*base, f"hydra.run.dir={tmp_path / 'skipped'}"])
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    # The same run with DeepSpeed's op built and loaded, as before the skip.
+    build = (
+        "import mtllora.training_args as a, mtllora.train as t; "
+        "a._skip_shared_memory_allreduce = lambda: None; t.main()"
+    )
+    built = run_process([sys.executable, "-c", build, *base, f"hydra.run.dir={tmp_path / 'built'}"], timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    loaded = "deepspeed_shm_comm_op built successfully"
+    assert loaded not in skipped.stdout + skipped.stderr and loaded in built.stdout + built.stderr
+    a, b = _adapter(tmp_path / "skipped"), _adapter(tmp_path / "built")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("method", ["dora", "mtl_lora"])

@@ -46,6 +46,19 @@ def _set_single_process_env() -> None:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+def _skip_shared_memory_allreduce() -> None:
+    """One CPU process has no peer to all-reduce with, yet DeepSpeed JIT-compiles its shared-memory all-reduce op
+    when it starts (20-60 s the first time in an environment, about 1 s to load after): mark the op unavailable in
+    DeepSpeed's own table of compatible ops, so that it takes torch.distributed's (gloo) all-reduce, which returns
+    its input over one rank (the same trained weights, tested)."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
 def batch_split(global_batch: int, world_size: int, max_per_device: int) -> tuple[int, int]:
     """Returns (per-device batch, accumulation steps) with global = world × per-device × accumulation exactly,
     taking the fewest accumulation steps whose per-device batch is at most `max_per_device`: the optimisation then
@@ -163,6 +176,8 @@ def training_arguments(cfg: DictConfig, output_dir: Path, bf16: bool) -> Trainin
     if ds_config is not None:
         _set_single_process_env()
     world_size = _world_size()
+    if ds_config is not None and world_size == 1 and not torch.cuda.is_available():
+        _skip_shared_memory_allreduce()
     passed["per_device_train_batch_size"], passed["gradient_accumulation_steps"] = batch_layout(t, world_size)
     passed = {_CHECKPOINTING_RENAMES.get(key, key): value for key, value in passed.items()}
     args = TrainingArguments(
