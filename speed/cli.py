@@ -268,7 +268,9 @@ def run_engine(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     if not args.engine_data_dir:
         return {"status": "not run: no GLUE data (--engine-data-dir or MTLLORA_DATA_DIR)"}
     steps = args.engine_steps
-    return engine.measure_engine(minilm_path(), args.engine_data_dir, steps, min(20, steps // 2), args.threads, log=log)
+    return engine.measure_engine(
+        minilm_path(), args.engine_data_dir, steps, min(20, steps // 2), args.threads, log=log, model_label="MiniLM-L6"
+    )
 
 
 def cpu_name() -> str:

@@ -165,10 +165,12 @@ def measure_engine(
     threads: int,
     rows: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
+    model_label: str | None = None,
 ) -> dict[str, Any]:
     """Runs the suite's rows (`rows`: their keys, default all), each in its own process with `threads` torch
     threads, and returns the suite as a JSON-able dict: each row's samples/s after `warmup` of `steps` steps, its
-    start-up seconds, and the ratios of the targets whose rows ran."""
+    start-up seconds, and the ratios of the targets whose rows ran. The report names the model `model_label` (default:
+    the folder's name)."""
     batch = BATCH
     unknown = sorted(set(rows or ()) - {key for key, *_ in ROWS})
     if unknown:
@@ -217,7 +219,7 @@ def measure_engine(
     for target in targets:
         target["met"] = target["ratio"] >= target["at_least"]
     return {
-        "model": Path(model_path).name,
+        "model": model_label or Path(model_path).name,
         "steps": steps,
         "warmup": warmup,
         "batch": batch,
