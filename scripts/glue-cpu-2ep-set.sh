@@ -36,10 +36,7 @@ worker() {
   local spec name lock_fd
   for spec in "${specs[@]}"; do
     name=${spec%%|*}
-    if [ -f "$RUNS/$name/metrics.json" ]; then
-      echo "[$SET] $name: done, skipped"
-      continue
-    fi
+    [ -f "$RUNS/$name/metrics.json" ] && continue  # said once, by run_set
     [ -f "$LOCKS/$name.failed" ] && continue
     exec {lock_fd}>"$LOCKS/$name.lock"
     if ! flock -n "$lock_fd"; then
@@ -73,8 +70,11 @@ run_set() {
   LOCKS=outputs/$SET
   mkdir -p "$LOCKS"
   rm -f "$LOCKS"/*.failed
-  local start pids=() pid status=0 job
+  local start pids=() pid status=0 job spec
   start=$(date +%s)
+  for spec in "${specs[@]}"; do
+    [ -f "$RUNS/${spec%%|*}/metrics.json" ] && echo "[$SET] ${spec%%|*}: done, skipped"
+  done
   for (( job = 0; job < JOBS; job++ )); do
     worker "$@" &
     pids+=($!)
