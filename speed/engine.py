@@ -4,7 +4,7 @@ Two jobs, each run several ways, every way in a process of its own (a fresh inte
 others). GLUE (the GLUE CPU profile, MiniLM-L6): plain PEFT LoRA + HF `Trainer` (the peer), `mtllora.train` LoRA
 without and with DeepSpeed ZeRO-2 on the same SST-2 batches, and `mtllora.train` LoRA and MTL-LoRA on the 5-task
 batches. Commonsense (the commonsense CPU profile, SmolLM2-135M, 8 tasks): the peer, `mtllora.train` LoRA and
-MTL-LoRA, all on the same batches (one cutoff for every row). A row's throughput is samples/s over the steps after
+MTL-LoRA, all on the same records (one cutoff for every row). A row's throughput is samples/s over the steps after
 warm-up, from the time at the end of every optimizer step (`StepClock`); its start-up (data loader, optimizer,
 DeepSpeed) is measured apart: HF's loop time against the wall-clock of `train()`. Targets: `mtllora.train` LoRA ≥
 1.0× the peer; MTL-LoRA ≥ 0.95× the peer on commonsense, and ≥ 0.95× LoRA on GLUE's 5-task batches (the peer trains
@@ -117,9 +117,9 @@ def peft_glue_run(job: Job, model_path: str | None, data_dir: str, steps: int, c
 
 def peft_commonsense_run(job: Job, model_path: str | None, data_dir: str, steps: int, clock: str) -> dict[str, float]:
     """Trains the commonsense peer: PEFT LoRA (as configs/method/lora.yaml on the model config's targets) with HF's
-    `Trainer` on the very batches of the `mtllora.train` rows: the model, tokenizer, training records and collator
-    of the commonsense CPU profile (`experiment=commonsense_cpu` with the job's overrides; `model_path` replaces its
-    model); returns its start-up and loop seconds."""
+    `Trainer` on the records of the `mtllora.train` rows, loaded, tokenized and collated as theirs: the commonsense
+    CPU profile's model, tokenizer, training records and collator (`experiment=commonsense_cpu` with the job's
+    overrides; `model_path` replaces its model); returns its start-up and loop seconds."""
     import peft
     from omegaconf import OmegaConf
 

@@ -33,7 +33,7 @@ def test_the_peer_and_mtl_lora_train_in_their_own_processes(tiny_encoder_dir, ti
     assert "| PEFT LoRA + Trainer | sst2 |" in section and "| mtllora.train MTL-LoRA | 5 tasks |" in section
 
 
-def test_the_commonsense_job_trains_every_row_on_the_same_batches(tmp_path):
+def test_the_commonsense_job_trains_the_peer_and_both_methods(tmp_path):
     data = write_tiny_commonsense(tmp_path / "data", train=4)
     texts = [commonsense_record(task, f"q {task}")["instruction"] for task in COMMONSENSE_TEMPLATES]
     llama = write_tiny_llama(tmp_path / "llama", [*texts, "the correct answer is true false 1 2 3 4 5"])
