@@ -4,11 +4,12 @@ Two jobs, each run several ways, every way in a process of its own (a fresh inte
 others). GLUE (the GLUE CPU profile, MiniLM-L6): plain PEFT LoRA + HF `Trainer` (the peer), `mtllora.train` LoRA
 without and with DeepSpeed ZeRO-2 on the same SST-2 batches, and `mtllora.train` LoRA and MTL-LoRA on the 5-task
 batches. Commonsense (the commonsense CPU profile, SmolLM2-135M, 8 tasks): the peer, `mtllora.train` LoRA and
-MTL-LoRA, all on the same records (one cutoff for every row). A row's throughput is samples/s over the steps after
-warm-up, from the time at the end of every optimizer step (`StepClock`); its start-up (data loader, optimizer,
-DeepSpeed) is measured apart: HF's loop time against the wall-clock of `train()`. Targets: `mtllora.train` LoRA ≥
-1.0× the peer; MTL-LoRA ≥ 0.95× the peer on commonsense, and ≥ 0.95× LoRA on GLUE's 5-task batches (the peer trains
-on SST-2 there: the tasks' longer pairs make every row on them slower, adapter or not).
+MTL-LoRA, all on the same batches (the same records, collator and seeded shuffle; one cutoff for every row). A row's
+throughput is samples/s over the steps after warm-up, from the time at the end of every optimizer step
+(`StepClock`); its start-up (data loader, optimizer, DeepSpeed) is measured apart: HF's loop time against the
+wall-clock of `train()`. Targets: `mtllora.train` LoRA ≥ 1.0× the peer; MTL-LoRA ≥ 0.95× the peer on commonsense,
+and ≥ 0.95× LoRA on GLUE's 5-task batches (the peer trains on SST-2 there: the tasks' longer pairs make every row on
+them slower, adapter or not).
 """
 
 from __future__ import annotations
