@@ -137,10 +137,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.device, args.dtype = pick_device(args.device, args.dtype)
     except ValueError as err:
         parser.error(str(err))
-    for name in ("threads", "repeats"):
+    for name in ("threads", "repeats", "engine_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     # Defaults that depend on --quick.
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.min_sample_s = args.min_sample_s if args.min_sample_s is not None else (0.0 if args.quick else 0.2)
