@@ -68,10 +68,13 @@ def test_without_data_the_report_says_why_the_suite_did_not_run(tmp_path):
     assert "## Summary" not in report and "## Targets" not in report  # no step-timed suite ran
 
 
-def test_an_unknown_engine_job_is_named(tmp_path, capsys):
+def test_an_unknown_engine_job_or_no_steps_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--suites", "engine", "--engine-jobs", "glue,vqa", "--out", str(tmp_path)])
     assert (
         "--engine-jobs takes a comma-separated subset of ['commonsense', 'glue'], got ['vqa']"
         in capsys.readouterr().err
     )
+    with pytest.raises(SystemExit):
+        main(["--quick", "--suites", "engine", "--engine-steps", "0", "--out", str(tmp_path)])
+    assert "--engine-steps must be >= 1, got 0" in capsys.readouterr().err
