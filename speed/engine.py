@@ -94,7 +94,8 @@ def steady_samples_per_second(step_ends: Sequence[float], warmup: int, batch: in
 def peft_glue_run(job: Job, model_path: str | None, data_dir: str, steps: int, clock: str) -> dict[str, float]:
     """Trains the GLUE peer: PEFT LoRA (r 8, α 16, dropout 0.05 on q, k, v, o, as configs/method/lora.yaml and the
     MiniLM model config) on SST-2 with HF's `Trainer`, tokenized as a new user would, at the GLUE CPU profile's
-    batch, learning rate, length grouping and training-set cap; returns its start-up and loop seconds."""
+    batch, learning rate, warm-up, length grouping, training-set cap and seed; returns its start-up and loop
+    seconds."""
     import peft
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
@@ -103,17 +104,18 @@ def peft_glue_run(job: Job, model_path: str | None, data_dir: str, steps: int, c
 
     if model_path is None:
         raise ValueError("the GLUE peer needs a model folder (--model)")
+    cfg = _job_config(job, model_path, data_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
     targets = ["query", "key", "value", "attention.output.dense"]
     model = peft.get_peft_model(model, _peft_lora(targets, peft.TaskType.SEQ_CLS))
     rows = load_glue_split("sst2", "train", data_dir)
-    keep = seeded_subsample(len(rows), 2000, seed=1)
+    keep = seeded_subsample(len(rows), cfg.benchmark.max_train_samples, seed=cfg.seed)
     rows = rows if keep is None else rows.select(keep)
     data = rows.map(
         lambda b: tokenizer(b["text_a"], truncation=True, max_length=128), batched=True, remove_columns=["text_a"]
     ).remove_columns(["text_b", "idx"])
-    return _train_peer(model, data, DataCollatorWithPadding(tokenizer), job.batch, steps, 1e-3, 0.06, True, clock)
+    return _train_peer(model, data, DataCollatorWithPadding(tokenizer), job, cfg, steps, clock)
 
 
 def peft_commonsense_run(job: Job, model_path: str | None, data_dir: str, steps: int, clock: str) -> dict[str, float]:
@@ -126,18 +128,21 @@ def peft_commonsense_run(job: Job, model_path: str | None, data_dir: str, steps:
 
     from mtllora.configs import instantiate_node
     from mtllora.models import ModelConfig
-    from mtllora.plan import compose
 
-    overrides = [*job.overrides, *job.model_overrides(model_path), f"paths.data_dir={data_dir}"]
-    cfg = compose([f"experiment={job.experiment}", "method=lora", *overrides])
+    cfg = _job_config(job, model_path, data_dir)
     benchmark = instantiate_node(cfg.benchmark)
     model, tokenizer = benchmark.build_model(ModelConfig.from_mapping(OmegaConf.to_container(cfg.model, resolve=True)))
     model = peft.get_peft_model(model, _peft_lora(list(cfg.model.target_modules), peft.TaskType.CAUSAL_LM))
     data = benchmark.train_dataset(tokenizer).remove_columns(["task_ids"])
-    t = cfg.trainer
-    return _train_peer(
-        model, data, benchmark.collator(tokenizer), job.batch, steps, t.learning_rate, t.warmup_ratio, False, clock
-    )
+    return _train_peer(model, data, benchmark.collator(tokenizer), job, cfg, steps, clock)
+
+
+def _job_config(job: Job, model_path: str | None, data_dir: str) -> Any:
+    """Returns the config the job's `mtllora.train` LoRA row runs, from which its peer takes its settings."""
+    from mtllora.plan import compose
+
+    overrides = [*job.overrides, *job.model_overrides(model_path), f"paths.data_dir={data_dir}"]
+    return compose([f"experiment={job.experiment}", "method=lora", *overrides])
 
 
 def _peft_lora(targets: list[str], task_type: Any) -> Any:
@@ -146,37 +151,29 @@ def _peft_lora(targets: list[str], task_type: Any) -> Any:
     return peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=targets, task_type=task_type)
 
 
-def _train_peer(
-    model: Any,
-    data: Any,
-    collator: Any,
-    batch: int,
-    steps: int,
-    learning_rate: float,
-    warmup_ratio: float,
-    by_length: bool,
-    clock: str,
-) -> dict[str, float]:
-    """Trains the peer with HF's `Trainer` for `steps` steps, timing them (`StepClock` into `clock`); returns its
-    start-up and loop seconds."""
+def _train_peer(model: Any, data: Any, collator: Any, job: Job, cfg: Any, steps: int, clock: str) -> dict[str, float]:
+    """Trains the peer with HF's `Trainer` for `steps` steps at the job's batch and the learning rate, warm-up,
+    sampling and seed of its config `cfg`, timing them (`StepClock` into `clock`); returns its start-up and loop
+    seconds."""
     from transformers import Trainer, TrainingArguments
 
+    t = cfg.trainer
     # Length grouping: `group_by_length=True` before transformers renamed it (the GPU machines' 5.17 may hold either).
     renamed = "train_sampling_strategy" in {field.name for field in dataclasses.fields(TrainingArguments)}
     grouping = {}
-    if by_length:
+    if t.train_sampling_strategy == "group_by_length":
         grouping = {"train_sampling_strategy": "group_by_length"} if renamed else {"group_by_length": True}
     args = TrainingArguments(
         output_dir=str(Path(clock).parent / "peft"),
-        per_device_train_batch_size=batch,
+        per_device_train_batch_size=job.batch,
         max_steps=steps,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_ratio,  # below 1: a fraction of the run, as trainer.warmup_ratio
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_ratio,  # below 1: a fraction of the run, as trainer.warmup_ratio
         **grouping,
         logging_steps=steps,
         save_strategy="no",
         report_to=[],
-        seed=1,
+        seed=cfg.seed,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[StepClock(clock)])
     started = time.perf_counter()
