@@ -58,7 +58,8 @@ TIMING_METHOD = (
     "The VL suites use the official VL-BART recipe's adapters (r=64, α=16; MTL-LoRA n=2, T=4, τ=0.8; q and v "
     "projections of every encoder, decoder and cross attention) on image-text shapes, with each batch ordered by "
     "task (T contiguous blocks, as a loader ordering its batches by task gives; the official one gives one task per "
-    "batch), plus one MTL-LoRA row with the tasks interleaved (which takes MTL-LoRA's gathered path)."
+    "batch), plus two MTL-LoRA rows with the tasks interleaved: sorted by task inside the layer (the default) and "
+    "on the gathered path (`sort_tasks: false`)."
 )
 MEMORY_METHOD = (
     "**Memory.** Peak bytes torch allocated during a row's first step above those allocated before it (saved "

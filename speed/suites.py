@@ -322,8 +322,8 @@ def training_rows(w: Workload, adapterhub_reason: str | None) -> list[Row]:
 
 def vl_training_rows(w: Workload) -> list[Row]:
     """Returns the training rows of a VL suite, all at its hyper-parameters: floor, LoRA and MTL-LoRA (full and
-    diagonal Λ, on the workload's task-ordered batch, and full Λ with the tasks interleaved, which takes MTL-LoRA's
-    gathered path, or with `sort_tasks` is sorted by task inside the layer), and for context PEFT LoRA and the
+    diagonal Λ, on the workload's task-ordered batch, and full Λ with the tasks interleaved, sorted by task inside
+    the layer by default or on the gathered path with `sort_tasks: false`), and for context PEFT LoRA and the
     official MTL-LoRA formulation."""
     h = w.hyper
     mtl = {"method": "mtl_lora", "num_tasks": h.num_tasks, "num_up": h.num_up, "temperature": h.temperature}
@@ -335,11 +335,16 @@ def vl_training_rows(w: Workload) -> list[Row]:
             ("lora", f"LoRA r={h.r}", {"method": "lora"}, None),
             ("mtl_lora", "MTL-LoRA full Λ", mtl, None),
             ("mtl_lora_diag", "MTL-LoRA diagonal Λ", {**mtl, "lambda_type": "diagonal"}, None),
-            ("mtl_lora_interleaved", "MTL-LoRA full Λ, tasks interleaved (gathered path)", mtl, interleaved),
+            (
+                "mtl_lora_interleaved",
+                "MTL-LoRA full Λ, tasks interleaved, sort_tasks false (gathered path)",
+                {**mtl, "sort_tasks": False},
+                interleaved,
+            ),
             (
                 "mtl_lora_interleaved_sorted",
-                "MTL-LoRA full Λ, tasks interleaved, sort_tasks (sorted in the layer)",
-                {**mtl, "sort_tasks": True},
+                "MTL-LoRA full Λ, tasks interleaved (default: sorted in the layer)",
+                mtl,
                 interleaved,
             ),
         ]

@@ -145,29 +145,47 @@ def test_every_path_in_bf16_keeps_fp32_adapters_and_bf16_accuracy(path, monkeypa
         assert error < 1e-2, f"{name}: {error:.1e} of its largest entry"
 
 
-@pytest.mark.parametrize("sort_tasks", [False, True])
-def test_the_rule_picks_grouped_for_short_samples_ordered_by_task(sort_tasks, monkeypatch):
-    model = layer_model(sort_tasks=sort_tasks)  # r = 8: the gathered path from 8·8 = 64 tokens per sample
+ORDERED, INTERLEAVED = [0, 0, 1, 3, 3, 3, 3, 3], [0, 1, 0, 1, 0, 2, 2, 3]
+SORTED = ([(0, 0, 3), (1, 3, 5), (2, 5, 7), (3, 7, 8)], [0, 2, 4, 1, 3, 5, 6, 7])
+
+
+@pytest.mark.parametrize(
+    "ids, tokens, out_features, sort_tasks, expected",
+    [
+        (ORDERED, 63, 10, True, ([(0, 0, 2), (1, 2, 3), (3, 3, 8)], None)),  # under 8·r tokens: its own runs
+        (ORDERED, 64, 10, True, None),  # 8·r tokens or more: gathered
+        (INTERLEAVED, 16, 16384, True, SORTED),  # ≤ 2·r tokens, 8·8·16384 = 2^20 gathered elements: sorted
+        (INTERLEAVED, 17, 16384, True, None),  # more than 2·r tokens
+        (INTERLEAVED, 16, 16383, True, None),  # fewer gathered elements
+        (INTERLEAVED, 16, 16384, False, None),  # never sorted
+        (INTERLEAVED, 63, 10, True, None),
+    ],
+)
+def test_the_rule_picks_a_path_by_order_tokens_and_size(ids, tokens, out_features, sort_tasks, expected):
+    picked = mtl_lora._grouping(torch.tensor(ids), tokens, R, out_features, NUM_TASKS, sort_tasks)
+    assert (picked if picked is None else (picked[0], None if picked[1] is None else picked[1].tolist())) == expected
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "no_grad"])
+@pytest.mark.parametrize("sort_tasks", [True, False])
+def test_the_layer_sorts_only_before_a_backward(sort_tasks, grad, monkeypatch):
+    """Interleaved tasks where sorting pays (made so at this size): sorted in training with `sort_tasks`, else
+    gathered (evaluation and generation keep one batched GEMM)."""
+    monkeypatch.setattr(mtl_lora, "SORT_MIN_GATHERED", 0)
+    model = layer_model(sort_tasks=sort_tasks)
     picked = []
-    monkeypatch.setattr(
-        mtl_lora._GroupedUpProjection, "apply", lambda *args: picked.append((args[2], args[3])) or args[0]
-    )
-    with torch.no_grad():
-        for tokens, ids in [(63, [0, 0, 1, 3]), (64, [0, 0, 1, 3]), (63, [0, 1, 0, 1, 0]), (64, [0, 1, 0, 1, 0])]:
-            model(torch.randn(len(ids), tokens, 12, dtype=torch.float64), task_ids=torch.tensor(ids))
-    # The first call (the runs' rows: 63 per sample, no reordering); the second and fourth have 64 tokens per sample
-    # (gathered); the third 5 runs for T = 4 tasks (interleaved): gathered, or with `sort_tasks` sorted by task.
-    expected = [([(0, 0, 126), (1, 126, 189), (3, 189, 252)], None)]
-    if sort_tasks:
-        expected.append(([(0, 0, 189), (1, 189, 315)], [0, 2, 4, 1, 3]))
-    assert [(runs, None if order is None else order.tolist()) for runs, order in picked] == expected
+    monkeypatch.setattr(mtl_lora._GroupedUpProjection, "apply", lambda *args: picked.append(args[3]) or args[0])
+    with torch.set_grad_enabled(grad):
+        model(torch.randn(len(INTERLEAVED), 3, 12, dtype=torch.float64), task_ids=torch.tensor(INTERLEAVED))
+    assert [order.tolist() for order in picked] == ([SORTED[1]] if sort_tasks and grad else [])
 
 
 @pytest.mark.parametrize("variant", ["full Λ_t", "diagonal Λ_t", "shared Λ"])
 def test_sorted_path_equals_gathered_path_for_random_orders(variant, monkeypatch):
-    """With `sort_tasks` and the rule left to pick: random task ids in random orders (every one interleaved), the
-    runs by size (out = 10 features: a task with fewer than 4 samples of 3 tokens is factored)."""
-    model = layer_model(sort_tasks=True, **VARIANTS.get(variant, {}))
+    """With `sort_tasks` (the default) and the rule left to pick: random task ids in random orders (every one
+    interleaved), the runs by size (out = 10 features: a task with fewer than 4 samples of 3 tokens is factored)."""
+    monkeypatch.setattr(mtl_lora, "SORT_MIN_GATHERED", 0)  # sorted at this size too
+    model = layer_model(**VARIANTS.get(variant, {}))
     gen = torch.Generator().manual_seed(3)
     orders = []
     apply = mtl_lora._GroupedUpProjection.apply
@@ -198,16 +216,47 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor, ids: torch.Tensor | None) ->
     return sum(sizes)
 
 
-def test_sorted_path_saves_what_the_ordered_batch_saves():
-    """The sorted path keeps z (sorted) and the order, the ordered batch's runs keep z: they differ by the order's
-    8 bytes per sample, whatever the order, while the gathered path keeps [batch, r, out] more."""
-    ids = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    x = torch.randn(len(ids), 5, 12, dtype=torch.float64, requires_grad=True)
-    ordered = _saved_bytes(layer_model(), x, ids.sort().values)
-    gathered = _saved_bytes(layer_model(), x, ids)
-    sorted_ = _saved_bytes(layer_model(sort_tasks=True), x, ids)
-    assert sorted_ - ordered == 8 * len(ids)
-    assert gathered - ordered >= len(ids) * R * 10 * 8  # the gathered U: [8, r, 10] in fp64
+def test_no_path_saves_a_per_sample_up_projection(monkeypatch):
+    """Bytes saved for backward beyond the ordered batch's runs, at batch 8 and 32 (tasks interleaved): the sorted
+    path (the default) keeps the order, 8 bytes per sample; the gathered one the ids, 8 bytes per sample, and U
+    [T, r, out] and its folding's inputs once. Neither grows by a per-sample [r, out] up-projection (640 bytes)."""
+    monkeypatch.setattr(mtl_lora, "SORT_MIN_GATHERED", 0)  # sorted at this size too
+    extra = {}
+    for batch in (8, 32):
+        ids = torch.arange(batch) % NUM_TASKS
+        x = torch.randn(batch, 5, 12, dtype=torch.float64, requires_grad=True)
+        ordered = _saved_bytes(layer_model(), x, ids.sort().values)
+        sorted_ = _saved_bytes(layer_model(), x, ids)
+        gathered = _saved_bytes(layer_model(sort_tasks=False), x, ids)
+        extra[batch] = (sorted_ - ordered, gathered - ordered)
+    assert extra[8][0] == 8 * 8 and extra[32][0] == 8 * 32
+    assert extra[32][1] - extra[8][1] == 8 * 24
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(16, 40, 8, 24), (16, 3, 8, 24), (5, 1, 16, 12)], ids=str)
+def test_gathered_path_is_autograds_baddbmm_bit_for_bit(shape, dtype):
+    """The gathered path's Function against autograd's baddbmm(out, z, U[ids]) (the committed runs' arithmetic):
+    equal outputs and gradients of out, z and U, bit for bit, with backward in one chunk of samples (40 tokens per
+    sample at r 8) or in several (3 and 1 token per sample: 16·3 // (4·8) = 1 and 5·1 // 64 → 1 sample a chunk)."""
+    batch, tokens, rank, out_features = shape
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(*s, generator=gen).to(dtype) for s in [(batch, tokens, out_features), (batch, tokens, rank)]]
+    tensors.append(torch.randn(3, rank, out_features, generator=gen).to(dtype))
+    ids = torch.randint(0, 3, (batch,), generator=gen)
+    grad = torch.randn(batch, tokens, out_features, generator=gen).to(dtype)
+    results = []
+    paths = [
+        lambda out, z, up: torch.baddbmm(out, z, up[ids]),
+        lambda out, z, up: mtl_lora._GatheredUpProjection.apply(out, z, up, ids),
+    ]
+    for path in paths:
+        leaves = [t.clone().requires_grad_(True) for t in tensors]
+        out = path(*leaves)
+        out.backward(grad)
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    for name, ours, reference in zip(["out", "grad out", "grad z", "grad U"], results[1], results[0], strict=True):
+        assert torch.equal(ours, reference), name
 
 
 def test_task_order_is_a_stable_sort_read_once_per_ids_tensor():

@@ -12,31 +12,32 @@ fixed part is a non-persistent buffer, not a parameter: it is not trained, count
 checkpoints leave frozen parameters out), and the layer rebuilds it from its options.
 
 Each task's low-rank path after A folds into one up-projection U_t [r, out], and the layer adds z U_t to the base
-output of every sample of task t (z = dropout(x) Aᵀ). Two ways to do that, chosen per call by the tokens per
-sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`) and by how the batch's tasks are ordered:
+output of every sample of task t (z = dropout(x) Aᵀ). Three ways to do that, chosen per call by the tokens per
+sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`), by how the batch's tasks are ordered and, for
+interleaved tasks, by the layer's size and whether a backward follows:
 
-- gathered (S ≥ 8·r, e.g. 128-token GLUE or instruction batches at r=8): U_t is gathered per sample
-  ([batch, r, out]) and one batched GEMM adds z U_t out of place. The gathered tensor has r rows per sample where
-  the output has S, so it is small next to the output, and the path needs no task ids on the host.
+- gathered (S ≥ 8·r, e.g. 128-token GLUE or instruction batches at r=8; shorter samples with tasks interleaved): U_t
+  is gathered per sample ([batch, r, out]) and one batched GEMM adds z U_t out of place. Backward gathers U again
+  rather than keeping the gathered tensor (`_GatheredUpProjection`), so the path saves what LoRA saves (z) plus U
+  [T, r, out], whatever the order of the tasks; its arithmetic is autograd's `baddbmm(out, z, U[ids])`, bit for bit.
 - grouped (S < 8·r, e.g. VL-BART's ~56 tokens at r=64, or decoding one token at a time, and the batch ordered by
-  task): the gathered tensor would be as large as the output or larger (and saved for backward). Instead each run
-  of consecutive samples of one task adds z U_t with one GEMM into its rows of the output, in place, as LoRA does:
-  no per-sample copy of U, nothing out-of-place, and only z kept for backward (U is formed again there, a few flops
-  per parameter). A run with fewer tokens than the layer has outputs (a decoder's few answer tokens, small
-  batches) applies Λ_t to its tokens and then M_t = s Σ_i p_ti B_iᵀ instead of forming U_t = Λ_tᵀ M_t: tokens·r²
-  flops instead of r²·out. A single-task batch (the official VL-BART loader's) is one run, LoRA's cost; a batch
-  ordered by task has at most T runs. The runs are read from the task ids once per forward (one host sync) and
-  shared by every layer. A batch with more runs than T (tasks interleaved) takes the gathered path
-  (`_grouping`), which saves its [batch, r, out] gathered up-projections for backward (2× LoRA's saved bytes at the
-  VL shapes): order the rows of each batch by task (the loss does not depend on the order), or set
-  `sort_tasks=True`.
-- sorted (`sort_tasks=True`, S < 8·r, tasks interleaved): the grouped path on the batch sorted by task inside the
-  layer. The samples' task order (a stable sort, `task_order`) is read once per forward as the runs are; z's rows
-  are gathered in that order (r wide, cheap next to the output), each task's z_t U_t is added into its samples'
-  rows of the output (`index_add_`), and backward gathers the output gradient's rows of one task at a time. Only
-  the sorted z is saved, as on the grouped path: LoRA's saved bytes whatever the order. Off by default: the
-  committed GLUE runs (batches shuffled across tasks, padded per batch, often under 8·r = 64 tokens) took the
-  gathered path, and the sorted one sums in another order (equal to 1e-12 in fp64, not bit for bit).
+  task): each run of consecutive samples of one task adds z U_t with one GEMM into its rows of the output, in
+  place, as LoRA does: no per-sample copy of U, nothing out-of-place, and only z kept for backward (U is formed
+  again there, a few flops per parameter). A run with fewer tokens than the layer has outputs (a decoder's few
+  answer tokens, small batches) applies Λ_t to its tokens and then M_t = s Σ_i p_ti B_iᵀ instead of forming
+  U_t = Λ_tᵀ M_t: tokens·r² flops instead of r²·out. A single-task batch (the official VL-BART loader's) is one
+  run, LoRA's cost; a batch ordered by task has at most T runs. The runs are read from the task ids once per
+  forward (one host sync) and shared by every layer. A batch with more runs than T (tasks interleaved) takes the
+  gathered path, or the sorted one where that is faster.
+- sorted (tasks interleaved, S ≤ 2·r and batch·r·out ≥ 2^20, in training; `sort_tasks=True`, the default): the
+  grouped path on the batch sorted by task inside the layer, where the gathered up-projections would be at least
+  half the output and large in bytes (VL-BART's recipe, r=64, at its batch of 512), so that moving them costs more
+  than a GEMM per task (measured on a CPU: docs/speed.md#image-text-shapes). The samples' task order (a stable sort,
+  `task_order`) is read once per forward as the runs are; z's rows are gathered in that order (r wide, cheap next
+  to the output), each task's z_t U_t is added into its samples' rows of the output (`index_add_`), and backward
+  gathers the output gradient's rows of one task at a time. Only the sorted z is saved. So a loader need not order
+  rows by task for speed or memory; ordering them saves the sort. The sorted path sums in another order than the
+  gathered one (equal to 1e-12 in fp64, not bit for bit); `sort_tasks=False` never sorts.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ MIXINGS = ("learned", "uniform")
 # per-sample up-projections then stay under 1/8 of the output. Below, batches ordered by task take the grouped
 # path (runs of one task), faster and smaller (see the module docstring and `make bench`'s VL suites).
 GATHER_MIN_TOKENS_PER_RANK = 8
+# Tasks interleaved, in training: the batch is sorted by task inside the layer where that is faster than the gathered
+# path, measured on a CPU (docs/speed.md#image-text-shapes): up to 2·r tokens per sample and from 2^20 gathered
+# elements (batch·r·out). Longer samples or smaller layers (GLUE's, a decoder step) take the gathered path.
+SORT_MAX_TOKENS_PER_RANK = 2
+SORT_MIN_GATHERED = 1 << 20
 
 # Runs of one task per task-id tensor, and the batch's task order (`task_order`). The router hands every layer of a
 # forward the same ids tensor, so the runs are read from it (a host sync on accelerators) once per forward, not once
@@ -103,19 +109,21 @@ def task_order(ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int, in
 
 
 def _grouping(
-    ids: torch.Tensor, tokens_per_sample: int, rank: int, num_tasks: int, sort_tasks: bool
+    ids: torch.Tensor, tokens_per_sample: int, rank: int, out_features: int, num_tasks: int, sort_tasks: bool
 ) -> tuple[list[tuple[int, int, int]], torch.Tensor | None] | None:
     """Returns (runs, order) when the batch takes the grouped path, else None (gathered); grouped needs samples
     shorter than `GATHER_MIN_TOKENS_PER_RANK` · r. A batch with no more runs (`task_runs`) than tasks gives its own
     runs and no order. More runs mean interleaved tasks, which in place would be many small GEMMs (each a kernel
-    launch on GPUs, a parallel region on CPUs): with `sort_tasks`, the runs of the batch sorted by task and that
-    order (`task_order`), else None."""
+    launch on GPUs, a parallel region on CPUs): with `sort_tasks` (the caller's: the option, and a backward to
+    follow) and where sorting pays (`SORT_MAX_TOKENS_PER_RANK`, `SORT_MIN_GATHERED`), the runs of the batch sorted
+    by task and that order (`task_order`), else None."""
     if tokens_per_sample >= GATHER_MIN_TOKENS_PER_RANK * rank:
         return None
     runs = task_runs(ids)
     if len(runs) <= num_tasks:
         return runs, None
-    if not sort_tasks:
+    gathered = ids.shape[0] * rank * out_features
+    if not sort_tasks or tokens_per_sample > SORT_MAX_TOKENS_PER_RANK * rank or gathered < SORT_MIN_GATHERED:
         return None
     order, sorted_runs = task_order(ids)
     return sorted_runs, order
@@ -162,6 +170,53 @@ def _mixing_backward(
     grad_p = (torch.einsum("tro,nor->tn", grad_mixed, lora_B) * scaling).float()
     grad_logits = p32 * (grad_p - (grad_p * p32).sum(dim=-1, keepdim=True))
     return grad_lam, grad_B, grad_logits.to(logits.dtype) / temperature
+
+
+class _GatheredUpProjection(torch.autograd.Function):
+    """out + z U_t per sample ([batch, tokens, ·]): U gathered per sample ([batch, r, out]; `index_select`, the same
+    values as U[ids] at a ninth of its cost at GLUE's sizes) into one batched GEMM, out of place (in place on a view
+    of the output, autograd would copy the whole output gradient in backward).
+
+    The arithmetic of autograd's `baddbmm(out, z, U[ids])`, bit for bit (tested), but backward gathers U again
+    instead of keeping the gathered tensor: saved are z, U [T, r, out] and the ids, what LoRA saves plus U, whatever
+    the order of the tasks. Forward and backward take the samples in chunks whose gathered rows stay within a quarter
+    of the output's size (`_gather_chunk`); backward adds each sample's gradient of its U_t in sample order with
+    autograd's own op for the indexing's backward (`index_put_` accumulating: `index_add_` rounds otherwise in
+    bf16)."""
+
+    @staticmethod
+    def forward(ctx, out, z, up, ids):
+        ctx.save_for_backward(z, up, ids)
+        chunk = _gather_chunk(z)
+        if chunk >= len(ids):
+            return torch.baddbmm(out, z, up.index_select(0, ids))
+        result = torch.empty_like(out)
+        for start in range(0, len(ids), chunk):
+            rows = slice(start, start + chunk)
+            torch.baddbmm(out[rows], z[rows], up.index_select(0, ids[rows]), out=result[rows])
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        z, up, ids = ctx.saved_tensors
+        batch, chunk = len(ids), _gather_chunk(z)
+        grad_z = torch.empty_like(z) if ctx.needs_input_grad[1] else None
+        grad_up = torch.zeros_like(up) if ctx.needs_input_grad[2] else None
+        for start in range(0, batch, chunk):
+            rows = slice(start, start + chunk)
+            if grad_z is not None:
+                torch.bmm(grad[rows], up.index_select(0, ids[rows]).transpose(1, 2), out=grad_z[rows])
+            if grad_up is not None:
+                grad_up.index_put_((ids[rows],), z[rows].transpose(1, 2).bmm(grad[rows]), accumulate=True)
+        return grad, grad_z, grad_up, None
+
+
+def _gather_chunk(z: torch.Tensor) -> int:
+    """Returns how many samples of z [batch, tokens, r] the gathered path takes at a time: as many as keep their
+    gathered up-projections [·, r, out] within a quarter of the output's size."""
+    batch, tokens, rank = z.shape
+    return max(1, batch * tokens // (4 * rank))
 
 
 class _GroupedUpProjection(torch.autograd.Function):
@@ -309,9 +364,9 @@ class MTLLoRAOptions:
     lambda_type: str = "full"  # "full": Λ_t is r×r (official scripts); "diagonal": diag(λ_t); "identity": I, fixed
     shared_lambda: bool = False  # one Λ for every task (ablation) instead of one per task
     mixing: str = "learned"  # "learned": trained logits w_t (official); "uniform": w_t fixed at 0, p_t = 1/n
-    # Short samples with tasks interleaved: sorted by task inside the layer (LoRA's memory) rather than the gathered
-    # path (module docstring). Off by default: the committed runs took the gathered path.
-    sort_tasks: bool = False
+    # Short samples with tasks interleaved, in training: sorted by task inside the layer where that is faster than the
+    # gathered path (module docstring); False: never sorted.
+    sort_tasks: bool = True
 
     def __post_init__(self) -> None:
         if self.num_tasks < 1:
@@ -406,17 +461,20 @@ class MTLLoRALinear(AdapterLinear):
         z = self.lowrank_input(x2d, self.lora_A).to(out.dtype)
         batch = ids.shape[0]
         per_sample = out.shape[0] // batch
-        grouping = _grouping(ids, per_sample, self.r, self.options.num_tasks, self.options.sort_tasks)
+        params = (self.task_lambdas(), self.lora_B, self.lora_B_weight)
+        # Sorting is chosen by its speed on training steps; evaluation and generation keep one batched GEMM.
+        backward = torch.is_grad_enabled() and any(t.requires_grad for t in (z, *params))
+        sort = self.options.sort_tasks and backward
+        grouping = _grouping(ids, per_sample, self.r, self.out_features, self.options.num_tasks, sort)
         if grouping is not None:
             runs, order = grouping
             rows = [(task, start * per_sample, end * per_sample) for task, start, end in runs]
-            params = (self.task_lambdas(), self.lora_B, self.lora_B_weight)
             out = _GroupedUpProjection.apply(out, z, rows, order, self.scaling, self.options.temperature, *params)
         else:
             up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
-            # Out of place: baddbmm_ on a [batch, tokens, out] view of the output would make autograd copy the
-            # whole output gradient (CopySlices) in backward; this way the base output is freed after the sum.
-            out = torch.baddbmm(out.view(batch, -1, self.out_features), z.view(batch, -1, self.r), up[ids])
+            out = _GatheredUpProjection.apply(
+                out.view(batch, -1, self.out_features), z.view(batch, -1, self.r), up, ids
+            )
         return self.finish(out, x)
 
     def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
