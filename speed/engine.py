@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from transformers import TrainerCallback
 
 from .suites import minilm_path
@@ -89,6 +90,26 @@ def steady_samples_per_second(step_ends: Sequence[float], warmup: int, batch: in
     if len(step_ends) <= warmup:
         raise ValueError(f"{len(step_ends)} step(s) timed, but the first {warmup} are warm-up: raise the steps")
     return (len(step_ends) - warmup) * batch / (step_ends[-1] - step_ends[warmup - 1])
+
+
+def step_seconds(step_ends: Sequence[float], warmup: int) -> list[float]:
+    """Returns the durations of the steps after the first `warmup` ones (they sum to the time
+    `steady_samples_per_second` divides by)."""
+    return [end - start for start, end in zip(step_ends[warmup - 1 : -1], step_ends[warmup:], strict=True)]
+
+
+def paired_ratio_interval(
+    row_steps: Sequence[float], against_steps: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Returns the 95 % bootstrap interval of the samples/s ratio row ÷ against, resampling steps in pairs (the rows
+    train the same batches in the same order, so step i of one meets step i of the other; the interval is the
+    spread of step times within these two processes, not between runs), or None when the step counts differ."""
+    if len(row_steps) != len(against_steps) or not row_steps:
+        return None
+    row, against = np.asarray(row_steps), np.asarray(against_steps)
+    picks = np.random.default_rng(seed).integers(0, len(row), size=(resamples, len(row)))
+    low, high = np.percentile(against[picks].sum(axis=1) / row[picks].sum(axis=1), [2.5, 97.5])
+    return float(low), float(high)
 
 
 def peft_glue_run(job: Job, model_path: str | None, data_dir: str, steps: int, clock: str) -> dict[str, float]:
@@ -318,14 +339,16 @@ def measure_engine(
                     "batches": row.batches,
                     "samples_per_second": steady_samples_per_second(step_ends, warmup, job.batch),
                     **timing,
+                    "step_seconds": step_seconds(step_ends, warmup),
                 }
             )
-    speeds = {row["key"]: row["samples_per_second"] for row in measured}
-    targets = [
-        {"row": row, "against": against, "ratio": speeds[row] / speeds[against], "at_least": at_least}
-        for row, against, at_least in job.targets
-        if row in speeds and against in speeds
-    ]
+    by_key = {row["key"]: row for row in measured}
+    targets = []
+    for row, against, at_least in job.targets:
+        if row in by_key and against in by_key:
+            ratio = by_key[row]["samples_per_second"] / by_key[against]["samples_per_second"]
+            interval = paired_ratio_interval(by_key[row]["step_seconds"], by_key[against]["step_seconds"])
+            targets.append({"row": row, "against": against, "ratio": ratio, "interval": interval, "at_least": at_least})
     for target in targets:
         target["met"] = target["ratio"] >= target["at_least"]
     return {
@@ -372,7 +395,14 @@ def markdown(jobs: Sequence[dict[str, Any]]) -> str:
             lines.append("")
         for t in job["targets"]:
             verdict = "met" if t["met"] else "NOT met"
-            lines.append(f"- {t['row']} ≥ {t['at_least']:.2f}× {t['against']}: {t['ratio']:.2f}× ({verdict})")
+            spread = "" if t["interval"] is None else " [{:.2f}–{:.2f}]".format(*t["interval"])
+            lines.append(f"- {t['row']} ≥ {t['at_least']:.2f}× {t['against']}: {t['ratio']:.2f}×{spread} ({verdict})")
+        if job["targets"]:
+            lines += [
+                "",
+                "[low–high]: 95 % bootstrap interval over the two rows' paired steps (same batches, same order): the "
+                "step-time noise within these processes, not the spread between runs.",
+            ]
     return "\n".join(lines) + "\n"
 
 

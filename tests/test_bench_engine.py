@@ -20,6 +20,18 @@ def test_steady_throughput_counts_the_steps_after_warm_up():
         engine.steady_samples_per_second([1.0, 2.0, 3.0], warmup=3, batch=16)
 
 
+def test_step_times_and_the_paired_interval_of_a_ratio():
+    assert engine.step_seconds([1.0, 2.0, 4.0, 6.5, 8.0], warmup=2) == [2.0, 2.5, 1.5]
+    # Every step of the row takes 0.8 of the other's: 1.25× its samples/s, whichever steps a resample draws.
+    against = [1.0, 3.0, 2.0, 5.0, 4.0]
+    low, high = engine.paired_ratio_interval([0.8 * t for t in against], against)
+    assert low == pytest.approx(1.25) and high == pytest.approx(1.25)
+    # One slow step of five in the row: the ratio of the totals is 15 / 19, and resamples spread around it.
+    low, high = engine.paired_ratio_interval([1.0, 3.0, 2.0, 9.0, 4.0], against)
+    assert low < 15 / 19 < high <= 1.0  # a resample without the slow step: exactly 1
+    assert engine.paired_ratio_interval([1.0, 2.0], [1.0, 2.0, 3.0]) is None  # not the same steps
+
+
 def test_the_peer_and_mtl_lora_train_in_their_own_processes(tiny_encoder_dir, tiny_glue_dir):
     glue = engine.JOBS["glue"]
     suite = engine.measure_engine(
@@ -44,7 +56,11 @@ def test_the_commonsense_job_trains_the_peer_and_both_methods(tmp_path):
     assert [(t["row"], t["against"]) for t in suite["targets"]] == [("lora", "peft_lora"), ("mtl_lora", "peft_lora")]
     for target in suite["targets"]:
         assert target["ratio"] > 0 and target["met"] == (target["ratio"] >= target["at_least"])
+        low, high = target["interval"]  # 3 paired steps after warm-up
+        assert 0 < low <= high
+    assert all(len(row["step_seconds"]) == 3 for row in suite["rows"])
     section = engine.markdown([suite])
+    assert "95 % bootstrap interval over the two rows' paired steps" in section
     assert "### commonsense reasoning" in section and "| mtllora.train MTL-LoRA | 8 tasks |" in section
 
 
