@@ -204,3 +204,22 @@ def test_peak_step_memory_counts_what_a_step_allocates_on_cpu():
         del big
 
     assert peak_step_memory(allocate, torch.device("cpu")) >= 4 << 20
+
+
+def test_the_interleaved_paths_benchmark_runs_every_path(tmp_path, monkeypatch):
+    """`python -m speed.interleaved --quick`: every row timed and measured at both tiny shapes; the forced row ran
+    the sorted path (an order handed to the grouped Function), the ordered batch its own runs (no order)."""
+    from mtllora.adapters import mtl_lora
+    from speed import interleaved
+
+    orders = []
+    apply = mtl_lora._GroupedUpProjection.apply
+    monkeypatch.setattr(mtl_lora._GroupedUpProjection, "apply", lambda *a: orders.append(a[3] is not None) or apply(*a))
+    results = interleaved.main(["--quick", "--repeats", "1", "--out", str(tmp_path / "interleaved.json")])
+    data = json.loads((tmp_path / "interleaved.json").read_text())["results"]
+    assert data == json.loads(json.dumps(results)) and len(data) == 2
+    for res in data:
+        assert set(res["seconds"]) == set(res["peak_bytes"]) == set(interleaved.ROWS)
+        assert all(value > 0 for value in res["seconds"].values())
+        assert res["default_path"] == "gathered"  # 6·4·32 gathered elements: far under 2^20
+    assert True in orders and False in orders
