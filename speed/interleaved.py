@@ -149,8 +149,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results = [measure_shape(*shape, repeats=args.repeats) for shape in (QUICK_SHAPES if args.quick else SHAPES)]
+    try:
+        results = [measure_shape(*shape, repeats=args.repeats) for shape in (QUICK_SHAPES if args.quick else SHAPES)]
+    finally:
+        torch.set_num_threads(threads)  # a caller's threads (the test suite's) stay as they were
     print(markdown(results), end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

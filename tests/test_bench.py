@@ -215,7 +215,9 @@ def test_the_interleaved_paths_benchmark_runs_every_path(tmp_path, monkeypatch):
     orders = []
     apply = mtl_lora._GroupedUpProjection.apply
     monkeypatch.setattr(mtl_lora._GroupedUpProjection, "apply", lambda *a: orders.append(a[3] is not None) or apply(*a))
+    threads = torch.get_num_threads()
     results = interleaved.main(["--quick", "--repeats", "1", "--out", str(tmp_path / "interleaved.json")])
+    assert torch.get_num_threads() == threads  # measured on one thread, the caller's count restored
     data = json.loads((tmp_path / "interleaved.json").read_text())["results"]
     assert data == json.loads(json.dumps(results)) and len(data) == 2
     for res in data:
