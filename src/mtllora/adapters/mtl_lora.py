@@ -63,6 +63,8 @@ GATHER_MIN_TOKENS_PER_RANK = 8
 # elements (batch·r·out). Longer samples or smaller layers (GLUE's, a decoder step) take the gathered path.
 SORT_MAX_TOKENS_PER_RANK = 2
 SORT_MIN_GATHERED = 1 << 20
+# The gathered path takes its samples in chunks only from 2^20 gathered elements (4 MiB in fp32, `_gather_chunk`).
+GATHER_CHUNK_MIN = 1 << 20
 
 # Runs of one task per task-id tensor, and the batch's task order (`task_order`). The router hands every layer of a
 # forward the same ids tensor, so the runs are read from it (a host sync on accelerators) once per forward, not once
@@ -179,15 +181,15 @@ class _GatheredUpProjection(torch.autograd.Function):
 
     The arithmetic of autograd's `baddbmm(out, z, U[ids])`, bit for bit (tested), but backward gathers U again
     instead of keeping the gathered tensor: saved are z, U [T, r, out] and the ids, what LoRA saves plus U, whatever
-    the order of the tasks. Forward and backward take the samples in chunks whose gathered rows stay within a quarter
-    of the output's size (`_gather_chunk`); backward adds each sample's gradient of its U_t in sample order with
+    the order of the tasks. Forward and backward take large batches in chunks whose gathered rows stay within a
+    quarter of the output's size (`_gather_chunk`); backward adds each sample's gradient of its U_t in sample order with
     autograd's own op for the indexing's backward (`index_put_` accumulating: `index_add_` rounds otherwise in
     bf16)."""
 
     @staticmethod
     def forward(ctx, out, z, up, ids):
         ctx.save_for_backward(z, up, ids)
-        chunk = _gather_chunk(z)
+        chunk = _gather_chunk(z, up.shape[-1])
         if chunk >= len(ids):
             return torch.baddbmm(out, z, up.index_select(0, ids))
         result = torch.empty_like(out)
@@ -200,7 +202,7 @@ class _GatheredUpProjection(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         z, up, ids = ctx.saved_tensors
-        batch, chunk = len(ids), _gather_chunk(z)
+        batch, chunk = len(ids), _gather_chunk(z, up.shape[-1])
         grad_z = torch.empty_like(z) if ctx.needs_input_grad[1] else None
         grad_up = torch.zeros_like(up) if ctx.needs_input_grad[2] else None
         for start in range(0, batch, chunk):
@@ -212,10 +214,14 @@ class _GatheredUpProjection(torch.autograd.Function):
         return grad, grad_z, grad_up, None
 
 
-def _gather_chunk(z: torch.Tensor) -> int:
-    """Returns how many samples of z [batch, tokens, r] the gathered path takes at a time: as many as keep their
-    gathered up-projections [·, r, out] within a quarter of the output's size."""
+def _gather_chunk(z: torch.Tensor, out_features: int) -> int:
+    """Returns how many samples of z [batch, tokens, r] the gathered path takes at a time: the whole batch while its
+    gathered up-projections [batch, r, out] stay under `GATHER_CHUNK_MIN` elements (a chunk's few operations per
+    layer then cost more than the bytes they save: GLUE's short batches ran 10 % slower chunked), else as many
+    samples as keep them within a quarter of the output's size."""
     batch, tokens, rank = z.shape
+    if batch * rank * out_features < GATHER_CHUNK_MIN:
+        return batch
     return max(1, batch * tokens // (4 * rank))
 
 
