@@ -343,7 +343,7 @@ def vl_training_rows(w: Workload) -> list[Row]:
             ),
             (
                 "mtl_lora_interleaved_sorted",
-                "MTL-LoRA full Λ, tasks interleaved (default: sorted in the layer)",
+                "MTL-LoRA full Λ, tasks interleaved (default: sorted in the layer where that pays)",
                 mtl,
                 interleaved,
             ),
