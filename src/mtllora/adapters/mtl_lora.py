@@ -19,7 +19,9 @@ interleaved tasks, by the layer's size and whether a backward follows:
 - gathered (S ≥ 8·r, e.g. 128-token GLUE or instruction batches at r=8; shorter samples with tasks interleaved): U_t
   is gathered per sample ([batch, r, out]) and one batched GEMM adds z U_t out of place. Backward gathers U again
   rather than keeping the gathered tensor (`_GatheredUpProjection`), so the path saves what LoRA saves (z) plus U
-  [T, r, out], whatever the order of the tasks; its arithmetic is autograd's `baddbmm(out, z, U[ids])`, bit for bit.
+  [T, r, out] and the fold's M (as large), whatever the order of the tasks: per layer, not per sample (at a small
+  batch such as VL-BART's 8 they still outweigh its activations). Its arithmetic is autograd's
+  `baddbmm(out, z, U[ids])`, bit for bit.
 - grouped (S < 8·r, e.g. VL-BART's ~56 tokens at r=64, or decoding one token at a time, and the batch ordered by
   task): each run of consecutive samples of one task adds z U_t with one GEMM into its rows of the output, in
   place, as LoRA does: no per-sample copy of U, nothing out-of-place, and only z kept for backward (U is formed
