@@ -26,9 +26,10 @@ from unittest import mock
 import torch
 from torch import nn
 
-from mtllora.adapters import AdapterConfig, apply_adapters, mtl_lora
+from mtllora.adapters import apply_adapters, mtl_lora
 
-from .harness import peak_step_memory
+from .harness import peak_step_memory, perturb_trainable
+from .suites import SingleLinear, mixed_task_ids, our_config, task_ordered_ids
 
 # (d, r, T, batch, tokens per sample): GLUE's MiniLM layer at r 8, the VL recipe's 768 layer at r 64 over batches and
 # lengths around the thresholds (2·r tokens, 2^20 gathered elements).
@@ -45,24 +46,12 @@ QUICK_SHAPES = ((32, 4, 3, 6, 4), (32, 4, 3, 6, 16))
 ROWS = ("lora", "ordered", "gathered", "sorted", "default")
 
 
-class _Layer(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.lin = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x)
-
-
 def _model(dim: int, rank: int, tasks: int, method: str, **options: Any) -> nn.Module:
     torch.manual_seed(0)
-    extra = {"num_tasks": tasks, "num_up": 2, "temperature": 0.8} if method == "mtl_lora" else {}
-    config = AdapterConfig(method=method, r=rank, alpha=16, target_modules=["lin"], **extra, **options)
-    model = apply_adapters(_Layer(dim).requires_grad_(False), config)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.normal_(0, 0.05)
+    mtl = {"num_tasks": tasks, "num_up": 2, "temperature": 0.8} if method == "mtl_lora" else {}
+    config = our_config({"method": method, "r": rank, "alpha": 16, **mtl, **options}, ["lin"])
+    model = apply_adapters(SingleLinear(nn.Linear(dim, dim)).requires_grad_(False), config)
+    perturb_trainable(model, seed=0)
     return model
 
 
@@ -81,8 +70,8 @@ def measure_shape(dim: int, rank: int, tasks: int, batch: int, tokens: int, repe
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, tokens, dim, generator=gen, requires_grad=True)
     grad = torch.randn(batch, tokens, dim, generator=gen)
-    interleaved = torch.arange(batch) % tasks
-    ordered = interleaved.sort().values
+    cpu = torch.device("cpu")
+    interleaved, ordered = mixed_task_ids(batch, cpu, tasks), task_ordered_ids(batch, cpu, tasks)
     lora, mtl, gathered = (
         _model(dim, rank, tasks, "lora"),
         _model(dim, rank, tasks, "mtl_lora"),

@@ -191,7 +191,7 @@ class _GatheredUpProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, z, up, ids):
         ctx.save_for_backward(z, up, ids)
-        chunk = _gather_chunk(z, up.shape[-1])
+        ctx.chunk = chunk = _gather_chunk(z, up.shape[-1])
         if chunk >= len(ids):
             return torch.baddbmm(out, z, up.index_select(0, ids))
         result = torch.empty_like(out)
@@ -204,7 +204,7 @@ class _GatheredUpProjection(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         z, up, ids = ctx.saved_tensors
-        batch, chunk = len(ids), _gather_chunk(z, up.shape[-1])
+        batch, chunk = len(ids), ctx.chunk
         grad_z = torch.empty_like(z) if ctx.needs_input_grad[1] else None
         grad_up = torch.zeros_like(up) if ctx.needs_input_grad[2] else None
         for start in range(0, batch, chunk):
