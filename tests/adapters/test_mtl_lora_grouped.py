@@ -236,28 +236,57 @@ def test_no_path_saves_a_per_sample_up_projection(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(16, 40, 8, 24), (16, 3, 8, 24), (5, 1, 16, 12)], ids=str)
 def test_gathered_path_is_autograds_baddbmm_bit_for_bit(shape, dtype, monkeypatch):
-    """The gathered path's Function against autograd's baddbmm(out, z, U[ids]) (the committed runs' arithmetic):
-    equal outputs and gradients of out, z and U, bit for bit, with backward in one chunk of samples (40 tokens per
-    sample at r 8) or in several (3 and 1 token per sample: 16·3 // (4·8) = 1 and 5·1 // 64 → 1 sample a chunk)."""
+    """The gathered path's Function (in place on the output [tokens, out]) against autograd's out-of-place
+    baddbmm(out, z, U[ids]) (the committed runs' arithmetic): equal outputs and gradients of out, z and U, bit for
+    bit, with backward in one chunk of samples (40 tokens per sample at r 8) or in several (3 and 1 token per
+    sample: 16·3 // (4·8) = 1 and 5·1 // 64 → 1 sample a chunk)."""
     monkeypatch.setattr(mtl_lora, "GATHER_CHUNK_MIN", 0)  # chunked at these small sizes too
     batch, tokens, rank, out_features = shape
     gen = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(*s, generator=gen).to(dtype) for s in [(batch, tokens, out_features), (batch, tokens, rank)]]
+    tensors = [
+        torch.randn(*s, generator=gen).to(dtype) for s in [(batch * tokens, out_features), (batch, tokens, rank)]
+    ]
     tensors.append(torch.randn(3, rank, out_features, generator=gen).to(dtype))
     ids = torch.randint(0, 3, (batch,), generator=gen)
-    grad = torch.randn(batch, tokens, out_features, generator=gen).to(dtype)
+    grad = torch.randn(batch * tokens, out_features, generator=gen).to(dtype)
     results = []
     paths = [
-        lambda out, z, up: torch.baddbmm(out, z, up[ids]),
+        lambda out, z, up: torch.baddbmm(out.view(batch, tokens, -1), z, up[ids]).view(-1, out_features),
         lambda out, z, up: mtl_lora._GatheredUpProjection.apply(out, z, up, ids),
     ]
     for path in paths:
         leaves = [t.clone().requires_grad_(True) for t in tensors]
-        out = path(*leaves)
+        out = path(leaves[0].clone(), *leaves[1:])  # a fresh non-leaf output, as the base layer's
         out.backward(grad)
         results.append([out.detach(), *(t.grad for t in leaves)])
     for name, ours, reference in zip(["out", "grad out", "grad z", "grad U"], results[1], results[0], strict=True):
         assert torch.equal(ours, reference), name
+
+
+def test_gathered_path_sums_each_tasks_up_projection_gradient_in_sample_order_on_any_thread_count():
+    """On two CPU threads and above 2^15 gathered elements (64 samples · r 8 · 96 outputs), where autograd's indexing
+    backward (`index_put_` accumulating) adds fp32 rows with atomics in whatever order the threads reach them, the
+    gathered path's gradient of U is each task's per-sample gradients summed in sample order, bit for bit, on every
+    run."""
+    batch, tokens, rank, out_features = 64, 4, 8, 96
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(batch, tokens, rank, generator=gen)
+    up = torch.randn(3, rank, out_features, generator=gen, requires_grad=True)
+    ids = torch.randint(0, 3, (batch,), generator=gen)
+    grad = torch.randn(batch * tokens, out_features, generator=gen)
+    in_order = torch.zeros(3, rank, out_features)
+    for sample, task in enumerate(ids.tolist()):
+        in_order[task] += z[sample].t() @ grad.view(batch, tokens, -1)[sample]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(20):
+            up.grad = None
+            out = torch.zeros(batch * tokens, out_features, requires_grad=True).clone()
+            mtl_lora._GatheredUpProjection.apply(out, z, up, ids).backward(grad)
+            assert torch.equal(up.grad, in_order)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_task_order_is_a_stable_sort_read_once_per_ids_tensor():

@@ -17,14 +17,14 @@ sample S against the rank r (`GATHER_MIN_TOKENS_PER_RANK`), by how the batch's t
 interleaved tasks, by the layer's size and whether a backward follows:
 
 - gathered (S ≥ 8·r, e.g. 128-token GLUE or instruction batches at r=8; shorter samples with tasks interleaved): U_t
-  is gathered per sample ([batch, r, out]) and one batched GEMM adds z U_t out of place. Backward gathers U again
+  is gathered per sample ([batch, r, out]) and one batched GEMM adds z U_t in place. Backward gathers U again
   rather than keeping the gathered tensor (`_GatheredUpProjection`), so the path saves what LoRA saves (z) plus U
   [T, r, out] and the fold's M (as large), whatever the order of the tasks: per layer, not per sample (at a small
   batch such as VL-BART's 8 they still outweigh its activations). Its arithmetic is autograd's
   `baddbmm(out, z, U[ids])`, bit for bit.
 - grouped (S < 8·r, e.g. VL-BART's ~56 tokens at r=64, or decoding one token at a time, and the batch ordered by
   task): each run of consecutive samples of one task adds z U_t with one GEMM into its rows of the output, in
-  place, as LoRA does: no per-sample copy of U, nothing out-of-place, and only z kept for backward (U is formed
+  place, as LoRA does: no per-sample copy of U, and only z kept for backward (U is formed
   again there, a few flops per parameter). A run with fewer tokens than the layer has outputs (a decoder's few
   answer tokens, small batches) applies Λ_t to its tokens and then M_t = s Σ_i p_ti B_iᵀ instead of forming
   U_t = Λ_tᵀ M_t: tokens·r² flops instead of r²·out. A single-task batch (the official VL-BART loader's) is one
@@ -177,43 +177,59 @@ def _mixing_backward(
 
 
 class _GatheredUpProjection(torch.autograd.Function):
-    """out + z U_t per sample ([batch, tokens, ·]): U gathered per sample ([batch, r, out]; `index_select`, the same
-    values as U[ids] at a ninth of its cost at GLUE's sizes) into one batched GEMM, out of place (in place on a view
-    of the output, autograd would copy the whole output gradient in backward).
+    """out += z U_t per sample, in place on the fresh base output out [tokens, out] (its rows sample by sample, z
+    [batch, tokens per sample, r]): U gathered per sample ([batch, r, out]; `index_select`, the same values as U[ids]
+    at a ninth of its cost at GLUE's sizes) into one batched GEMM with beta = 1. In place, as LoRA adds its update: an
+    out-of-place result would write and read a second output-sized tensor per layer (at GLUE's sizes, memory traffic
+    as costly as the GEMM), and a view of the output updated in place would make autograd copy the whole output
+    gradient in backward (CopySlices), so the output is passed whole and viewed per sample only here.
 
-    The arithmetic of autograd's `baddbmm(out, z, U[ids])`, bit for bit (tested), but backward gathers U again
-    instead of keeping the gathered tensor: saved are z, U [T, r, out] and the ids, what LoRA saves plus U, whatever
-    the order of the tasks. Forward and backward take large batches in chunks whose gathered rows stay within a
-    quarter of the output's size (`_gather_chunk`); backward adds each sample's gradient of its U_t in sample order with
-    autograd's own op for the indexing's backward (`index_put_` accumulating: `index_add_` rounds otherwise in
-    bf16)."""
+    The arithmetic of autograd's `baddbmm(out, z, U[ids])` on one CPU thread, bit for bit (tested), but backward
+    gathers U again instead of keeping the gathered tensor: saved are z, U [T, r, out] and the ids, what LoRA saves
+    plus U, whatever the order of the tasks. Forward and backward take large batches in chunks whose gathered rows
+    stay within a quarter of the output's size (`_gather_chunk`); backward adds each sample's gradient of its U_t in
+    sample order (`_accumulate_rows`): deterministic, where autograd's indexing backward is not on a multi-threaded
+    CPU."""
 
     @staticmethod
     def forward(ctx, out, z, up, ids):
         ctx.save_for_backward(z, up, ids)
         ctx.chunk = chunk = _gather_chunk(z, up.shape[-1])
-        if chunk >= len(ids):
-            return torch.baddbmm(out, z, up.index_select(0, ids))
-        result = torch.empty_like(out)
+        by_sample = out.view(len(ids), -1, out.shape[-1])
         for start in range(0, len(ids), chunk):
             rows = slice(start, start + chunk)
-            torch.baddbmm(out[rows], z[rows], up.index_select(0, ids[rows]), out=result[rows])
-        return result
+            by_sample[rows].baddbmm_(z[rows], up.index_select(0, ids[rows]))
+        ctx.mark_dirty(out)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         z, up, ids = ctx.saved_tensors
         batch, chunk = len(ids), ctx.chunk
+        grad_by_sample = grad.reshape(batch, -1, grad.shape[-1])  # the gradient may come non-contiguous
         grad_z = torch.empty_like(z) if ctx.needs_input_grad[1] else None
         grad_up = torch.zeros_like(up) if ctx.needs_input_grad[2] else None
         for start in range(0, batch, chunk):
             rows = slice(start, start + chunk)
             if grad_z is not None:
-                torch.bmm(grad[rows], up.index_select(0, ids[rows]).transpose(1, 2), out=grad_z[rows])
+                torch.bmm(grad_by_sample[rows], up.index_select(0, ids[rows]).transpose(1, 2), out=grad_z[rows])
             if grad_up is not None:
-                grad_up.index_put_((ids[rows],), z[rows].transpose(1, 2).bmm(grad[rows]), accumulate=True)
+                _accumulate_rows(grad_up, ids[rows], z[rows].transpose(1, 2).bmm(grad_by_sample[rows]))
         return grad, grad_z, grad_up, None
+
+
+def _accumulate_rows(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> None:
+    """target[index[i]] += rows[i] for i in order, in place: the same sums in the same order on every run and any
+    thread count (what autograd's backward of an indexing computes on one CPU thread, bit for bit). On a CPU,
+    `index_put_` accumulating adds fp32 rows with atomics across threads from 2^15 elements on (nondeterministic:
+    PyTorch's `use_deterministic_algorithms` lists it) where `index_add_` adds them one index after the other, 7×
+    faster at GLUE's sizes; in reduced precision `index_put_` runs serially and `index_add_` rounds otherwise. On
+    GPUs `index_add_` uses atomics and accumulating `index_put_` sorts the indices."""
+    if target.device.type == "cpu" and target.dtype in (torch.float32, torch.float64):
+        target.index_add_(0, index, rows)
+    else:
+        target.index_put_((index,), rows, accumulate=True)
 
 
 def _gather_chunk(z: torch.Tensor, out_features: int) -> int:
@@ -480,9 +496,7 @@ class MTLLoRALinear(AdapterLinear):
             out = _GroupedUpProjection.apply(out, z, rows, order, self.scaling, self.options.temperature, *params)
         else:
             up = self.task_up_projections().to(out.dtype)  # [T, r, out]: T·r·out work, not tokens·n·r·out
-            out = _GatheredUpProjection.apply(
-                out.view(batch, -1, self.out_features), z.view(batch, -1, self.r), up, ids
-            )
+            out = _GatheredUpProjection.apply(out, z.view(batch, -1, self.r), up, ids)
         return self.finish(out, x)
 
     def lora_factors(self, task_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
