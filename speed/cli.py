@@ -114,8 +114,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--engine-steps",
         type=int,
         default=None,
-        help="training steps per engine row (default: GLUE 200, commonsense 25; the first 20 and 5, at most half, "
-        "warm up)",
+        help="training steps per engine row and round (default: GLUE 110, commonsense 25; the first 20 and 5, at "
+        "most half, warm up)",
+    )
+    parser.add_argument(
+        "--engine-rounds",
+        type=int,
+        default=None,
+        help="times each engine row runs, the rows' order reversed every other round (default: GLUE 2, commonsense 1)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder")
     parser.add_argument("--no-adapterhub", action="store_true", help="do not create/run the AdapterHub venv")
@@ -138,7 +144,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.device, args.dtype = pick_device(args.device, args.dtype)
     except ValueError as err:
         parser.error(str(err))
-    for name in ("threads", "repeats", "engine_steps"):
+    for name in ("threads", "repeats", "engine_steps", "engine_rounds"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -298,7 +304,14 @@ def run_engine(args: argparse.Namespace, log: Log) -> list[dict[str, Any]]:
         steps = args.engine_steps or job.steps
         results.append(
             engine.measure_engine(
-                job, None, args.engine_data_dir, steps, min(job.warmup, steps // 2), args.threads, log=log
+                job,
+                None,
+                args.engine_data_dir,
+                steps,
+                min(job.warmup, steps // 2),
+                args.threads,
+                log=log,
+                rounds=args.engine_rounds,
             )
         )
     return results

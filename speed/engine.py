@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,7 @@ class Row:
 class Job:
     """One training job of the suite: the experiment its `mtllora.train` rows run (with `overrides`), the batch of
     every row, the steps by default, its rows and its targets ((row, against, at least): samples/s of `row` over
-    those of `against`)."""
+    those of `against`), and in how many rounds the rows run by default (`measure_engine`)."""
 
     key: str
     title: str
@@ -63,6 +64,7 @@ class Job:
     install_hint: str = ""
     overrides: tuple[str, ...] = ()
     replaces_model: tuple[str, ...] = ()  # overrides that go with another model folder (`model_overrides`)
+    rounds: int = 1
 
     def model_overrides(self, model_path: str | None) -> list[str]:
         """Hydra overrides that train the model in folder `model_path` instead of the experiment's (none for None)."""
@@ -85,16 +87,11 @@ class StepClock(TrainerCallback):
             self.path.write_text(json.dumps({"step_ends": self.step_ends}))
 
 
-def steady_samples_per_second(step_ends: Sequence[float], warmup: int, batch: int) -> float:
-    """Returns samples/s over the steps after the first `warmup` ones (their end times in `step_ends`)."""
+def step_seconds(step_ends: Sequence[float], warmup: int) -> list[float]:
+    """Returns the durations of the steps after the first `warmup` ones (their end times in `step_ends`); raises
+    when no step is left after warm-up."""
     if len(step_ends) <= warmup:
         raise ValueError(f"{len(step_ends)} step(s) timed, but the first {warmup} are warm-up: raise the steps")
-    return (len(step_ends) - warmup) * batch / (step_ends[-1] - step_ends[warmup - 1])
-
-
-def step_seconds(step_ends: Sequence[float], warmup: int) -> list[float]:
-    """Returns the durations of the steps after the first `warmup` ones (they sum to the time
-    `steady_samples_per_second` divides by)."""
     return [end - start for start, end in zip(step_ends[warmup - 1 : -1], step_ends[warmup:], strict=True)]
 
 
@@ -212,7 +209,7 @@ JOBS = {
         "GLUE",
         "glue_cpu",
         batch=16,  # the GLUE CPU profile's
-        steps=200,
+        steps=110,  # in each of 2 rounds: 180 timed steps per row
         warmup=20,
         rows=(
             Row("peft_lora", "PEFT LoRA + Trainer", None, "sst2"),
@@ -231,6 +228,8 @@ JOBS = {
         model_label="MiniLM-L6",
         model_folder=minilm_path,
         overrides=("benchmark.max_eval_samples=8",),  # evaluation is not timed: keep it short
+        # Rows a few percent apart, each a minute long, on a machine whose speed drifts by as much between minutes.
+        rounds=2,
     ),
     "commonsense": Job(
         "commonsense",
@@ -292,56 +291,50 @@ def measure_engine(
     threads: int,
     rows: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     """Runs the rows of `job` (`rows`: their keys, default all), each in its own process with `threads` torch
     threads, on the model in folder `model_path` (None: the job's own, `Job.model_folder`), and returns the job's
     results as a JSON-able dict: each row's samples/s after `warmup` of `steps` steps, its start-up seconds, and the
-    ratios of the targets whose rows ran."""
+    ratios of the targets whose rows ran.
+
+    The rows run `rounds` times (default the job's), in reverse order every other round (A B, B A, ...), so that a
+    steady drift of the machine's speed weighs on every row alike; a row's samples/s is over its timed steps of all
+    rounds, its start-up the mean over rounds, and a target's interval pairs the steps of both rows round by round."""
+    rounds = job.rounds if rounds is None else rounds
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     model_label = job.model_label if model_path is None else Path(model_path).name
     model_path = model_path or job.model_folder()
     known = [row.key for row in job.rows]
     unknown = sorted(set(rows or ()) - set(known))
     if unknown:
         raise ValueError(f"{job.key} engine rows {unknown} unknown; expected some of {known}")
-    env_threads = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    measured = []
+    chosen = [row for row in job.rows if rows is None or row.key in rows]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    runs: dict[str, list[dict[str, Any]]] = {row.key: [] for row in chosen}
     with tempfile.TemporaryDirectory(prefix="speed-engine-") as scratch:
-        for row in job.rows:
-            if rows is not None and row.key not in rows:
-                continue
-            out = Path(scratch) / row.key
-            out.mkdir()
-            if row.overrides is None:
-                command = _peft_command(job, model_path, data_dir, steps, out)
-            else:
-                command = _mtllora_command(job, row, model_path, data_dir, steps, out)
-            log(f"engine: {job.key} {row.key} ({row.label}, {row.batches}), {steps} steps")
-            done = subprocess.run(
-                command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **env_threads}, check=False
-            )
-            if done.returncode != 0:
-                failed = f"engine row {job.key} {row.key} failed ({' '.join(command)})"
-                raise RuntimeError(f"{failed}:\n{done.stderr[-3000:]}")
-            step_ends = json.loads((out / "steps.json").read_text())["step_ends"]
-            if row.overrides is None:
-                timing = json.loads((out / "timing.json").read_text())
-            else:
-                train = json.loads((out / "run" / "metrics.json").read_text())["train"]
-                if train["global_batch_size"] != job.batch:
-                    raise RuntimeError(
-                        f"engine row {job.key} {row.key} trained at batch {train['global_batch_size']}, not {job.batch}"
-                    )
-                timing = {"startup_seconds": train["startup_seconds"], "loop_seconds": train["loop_seconds"]}
-            measured.append(
-                {
-                    "key": row.key,
-                    "label": row.label,
-                    "batches": row.batches,
-                    "samples_per_second": steady_samples_per_second(step_ends, warmup, job.batch),
-                    **timing,
-                    "step_seconds": step_seconds(step_ends, warmup),
-                }
-            )
+        for round_ in range(rounds):
+            for row in chosen if round_ % 2 == 0 else chosen[::-1]:
+                out = Path(scratch) / f"{row.key}-{round_}"
+                out.mkdir()
+                log(f"engine: {job.key} {row.key} ({row.label}, {row.batches}), {steps} steps, round {round_ + 1}")
+                runs[row.key].append(_run_row(job, row, model_path, data_dir, steps, warmup, out, env))
+    measured = []
+    for row in chosen:
+        row_runs = runs[row.key]
+        step_times = [seconds for run in row_runs for seconds in run["step_seconds"]]
+        measured.append(
+            {
+                "key": row.key,
+                "label": row.label,
+                "batches": row.batches,
+                "samples_per_second": len(step_times) * job.batch / sum(step_times),
+                "startup_seconds": statistics.fmean(run["startup_seconds"] for run in row_runs),
+                "loop_seconds": statistics.fmean(run["loop_seconds"] for run in row_runs),
+                "step_seconds": step_times,
+            }
+        )
     by_key = {row["key"]: row for row in measured}
     targets = []
     for row, against, at_least in job.targets:
@@ -357,11 +350,37 @@ def measure_engine(
         "model": model_label,
         "steps": steps,
         "warmup": warmup,
+        "rounds": rounds,
         "batch": job.batch,
         "threads": threads,
         "rows": measured,
         "targets": targets,
     }
+
+
+def _run_row(
+    job: Job, row: Row, model_path: str | None, data_dir: str, steps: int, warmup: int, out: Path, env: dict
+) -> dict[str, Any]:
+    """Trains one row once in its own process (writing into `out`); returns its timed steps' seconds (after
+    `warmup`), its start-up and its loop seconds."""
+    if row.overrides is None:
+        command = _peft_command(job, model_path, data_dir, steps, out)
+    else:
+        command = _mtllora_command(job, row, model_path, data_dir, steps, out)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"engine row {job.key} {row.key} failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    step_ends = json.loads((out / "steps.json").read_text())["step_ends"]
+    if row.overrides is None:
+        timing = json.loads((out / "timing.json").read_text())
+    else:
+        train = json.loads((out / "run" / "metrics.json").read_text())["train"]
+        if train["global_batch_size"] != job.batch:
+            raise RuntimeError(
+                f"engine row {job.key} {row.key} trained at batch {train['global_batch_size']}, not {job.batch}"
+            )
+        timing = {"startup_seconds": train["startup_seconds"], "loop_seconds": train["loop_seconds"]}
+    return {**timing, "step_seconds": step_seconds(step_ends, warmup)}
 
 
 def markdown(jobs: Sequence[dict[str, Any]]) -> str:
@@ -379,9 +398,15 @@ def markdown(jobs: Sequence[dict[str, Any]]) -> str:
             lines.append(job["status"])
             continue
         peer = next((row["samples_per_second"] for row in job["rows"] if row["key"] == "peft_lora"), None)
+        rounds = job.get("rounds", 1)
+        in_rounds = (
+            f" in each of {rounds} rounds (the rows' order reversed every other round; samples/s over all rounds)"
+            if rounds > 1
+            else ""
+        )
         lines += [
             f"{job['model']}, batch {job['batch']}, steps {job['warmup'] + 1}–{job['steps']} (after {job['warmup']} "
-            f"of warm-up), {job['threads']} thread(s).",
+            f"of warm-up){in_rounds}, {job['threads']} thread(s).",
             "",
             "| row | batches | samples/s | × PEFT + Trainer | start-up s |",
             "| --- | --- | ---: | ---: | ---: |",
@@ -401,7 +426,7 @@ def markdown(jobs: Sequence[dict[str, Any]]) -> str:
             lines += [
                 "",
                 "[low–high]: 95 % bootstrap interval over the two rows' paired steps (same batches, same order): the "
-                "step-time noise within these processes, not the spread between runs.",
+                "step-time noise within these processes, not the spread between runs of the job.",
             ]
     return "\n".join(lines) + "\n"
 

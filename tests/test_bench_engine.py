@@ -13,15 +13,10 @@ from mtllora.testing import COMMONSENSE_TEMPLATES, commonsense_record, write_tin
 from speed import engine, main
 
 
-def test_steady_throughput_counts_the_steps_after_warm_up():
-    # Steps end at 1, 2, 4, 6, 8 s: after 2 warm-up steps, 3 steps of 16 samples in 6 s.
-    assert engine.steady_samples_per_second([1.0, 2.0, 4.0, 6.0, 8.0], warmup=2, batch=16) == 8.0
-    with pytest.raises(ValueError, match="3 step\\(s\\) timed, but the first 3 are warm-up"):
-        engine.steady_samples_per_second([1.0, 2.0, 3.0], warmup=3, batch=16)
-
-
 def test_step_times_and_the_paired_interval_of_a_ratio():
     assert engine.step_seconds([1.0, 2.0, 4.0, 6.5, 8.0], warmup=2) == [2.0, 2.5, 1.5]
+    with pytest.raises(ValueError, match="3 step\\(s\\) timed, but the first 3 are warm-up"):
+        engine.step_seconds([1.0, 2.0, 3.0], warmup=3)
     # Every step of the row takes 0.8 of the other's: 1.25× its samples/s, whichever steps a resample draws.
     against = [1.0, 3.0, 2.0, 5.0, 4.0]
     low, high = engine.paired_ratio_interval([0.8 * t for t in against], against)
@@ -32,14 +27,26 @@ def test_step_times_and_the_paired_interval_of_a_ratio():
     assert engine.paired_ratio_interval([1.0, 2.0], [1.0, 2.0, 3.0]) is None  # not the same steps
 
 
-def test_the_peer_and_mtl_lora_train_in_their_own_processes(tiny_encoder_dir, tiny_glue_dir):
+def test_the_peer_and_mtl_lora_train_in_their_own_processes_in_rounds(tiny_encoder_dir, tiny_glue_dir):
+    """The GLUE job's two rounds (its default): each row twice, the second round in reverse order, 3 timed steps of
+    4 each time."""
     glue = engine.JOBS["glue"]
+    runs = []
     suite = engine.measure_engine(
-        glue, str(tiny_encoder_dir), str(tiny_glue_dir), steps=4, warmup=1, threads=1, rows=["peft_lora", "mtl_lora"]
+        glue,
+        str(tiny_encoder_dir),
+        str(tiny_glue_dir),
+        steps=4,
+        warmup=1,
+        threads=1,
+        rows=["peft_lora", "mtl_lora"],
+        log=lambda line: runs.append(line.split()[2] + line.split()[-1]),
     )
+    assert runs == ["peft_lora1", "mtl_lora1", "mtl_lora2", "peft_lora2"] and suite["rounds"] == 2
     assert [row["key"] for row in suite["rows"]] == ["peft_lora", "mtl_lora"]
     for row in suite["rows"]:
-        assert row["samples_per_second"] > 0 and row["startup_seconds"] >= 0 and row["loop_seconds"] > 0
+        assert row["samples_per_second"] == pytest.approx(6 * glue.batch / sum(row["step_seconds"]))
+        assert len(row["step_seconds"]) == 6 and row["startup_seconds"] >= 0 and row["loop_seconds"] > 0
     assert suite["targets"] == []  # neither target has both of its rows here
     section = engine.markdown([suite])
     assert "| PEFT LoRA + Trainer | sst2 |" in section and "| mtllora.train MTL-LoRA | 5 tasks |" in section
@@ -94,3 +101,6 @@ def test_an_unknown_engine_job_or_no_steps_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--suites", "engine", "--engine-steps", "0", "--out", str(tmp_path)])
     assert "--engine-steps must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--quick", "--suites", "engine", "--engine-rounds", "0", "--out", str(tmp_path)])
+    assert "--engine-rounds must be >= 1, got 0" in capsys.readouterr().err
