@@ -114,14 +114,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--engine-steps",
         type=int,
         default=None,
-        help="training steps per engine row and round (default: GLUE 110, commonsense 25; the first 20 and 5, at "
+        help="training steps per engine row and round (default: GLUE 110, commonsense 15; the first 20 and 5, at "
         "most half, warm up)",
     )
     parser.add_argument(
         "--engine-rounds",
         type=int,
         default=None,
-        help="times each engine row runs, the rows' order reversed every other round (default: GLUE 2, commonsense 1)",
+        help="times each engine row runs, the rows' order reversed every other round (default 2)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder")
     parser.add_argument("--no-adapterhub", action="store_true", help="do not create/run the AdapterHub venv")
