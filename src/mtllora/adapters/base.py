@@ -3,9 +3,9 @@
 A method is one subclass of `AdapterLinear` in its own file, registered with `@register_method`. The wrapper
 keeps the frozen original layer (`nn.Linear`, or the `Conv1D` of Hugging Face's GPT-2 family) as `base_layer` and
 adds the low-rank path to its output. LoRA, MultiLoRA and MoELoRA add it in place (`addmm_` into the fresh base
-output), so no extra full-size activation is created in forward or backward. MTL-LoRA adds its per-sample
-up-projections with one out-of-place `baddbmm` (in place on a 3-D view of the output, autograd would copy the whole
-output gradient), and DoRA scales the sum by its magnitude out of place.
+output), so no extra full-size activation is created in forward or backward; so does MTL-LoRA, its per-sample
+up-projections with one `baddbmm_` inside a Function that takes the output whole (on a 3-D view of it, autograd would
+copy the whole output gradient). DoRA scales the sum by its magnitude out of place.
 """
 
 from __future__ import annotations
