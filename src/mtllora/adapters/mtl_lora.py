@@ -21,7 +21,7 @@ interleaved tasks, by the layer's size and whether a backward follows:
   rather than keeping the gathered tensor (`_GatheredUpProjection`), so the path saves what LoRA saves (z) plus U
   [T, r, out] and the fold's M (as large), whatever the order of the tasks: per layer, not per sample (at a small
   batch such as VL-BART's 8 they still outweigh its activations). Its arithmetic is autograd's
-  `baddbmm(out, z, U[ids])`, bit for bit.
+  `baddbmm(out, z, U[ids])` on one CPU thread, bit for bit, and deterministic on any number.
 - grouped (S < 8·r, e.g. VL-BART's ~56 tokens at r=64, or decoding one token at a time, and the batch ordered by
   task): each run of consecutive samples of one task adds z U_t with one GEMM into its rows of the output, in
   place, as LoRA does: no per-sample copy of U, and only z kept for backward (U is formed
