@@ -57,7 +57,8 @@ def test_the_commonsense_job_trains_the_peer_and_both_methods(tmp_path):
     texts = [commonsense_record(task, f"q {task}")["instruction"] for task in COMMONSENSE_TEMPLATES]
     llama = write_tiny_llama(tmp_path / "llama", [*texts, "the correct answer is true false 1 2 3 4 5"])
     job = engine.JOBS["commonsense"]
-    suite = engine.measure_engine(job, str(llama), str(data), steps=4, warmup=1, threads=1)
+    # One round (the job's default is 2; the rounds are the GLUE test's): 3 timed steps per row.
+    suite = engine.measure_engine(job, str(llama), str(data), steps=4, warmup=1, threads=1, rounds=1)
     assert [row["key"] for row in suite["rows"]] == ["peft_lora", "lora", "mtl_lora"]
     assert suite["batch"] == 8 and suite["model"] == "llama"
     assert [(t["row"], t["against"]) for t in suite["targets"]] == [("lora", "peft_lora"), ("mtl_lora", "peft_lora")]
