@@ -64,7 +64,9 @@ class Job:
     install_hint: str = ""
     overrides: tuple[str, ...] = ()
     replaces_model: tuple[str, ...] = ()  # overrides that go with another model folder (`model_overrides`)
-    rounds: int = 1
+    # Rows a few percent apart, each minutes long, on a machine whose speed drifts by as much between minutes: one
+    # round measured commonsense LoRA at 0.89x the peer after 1.05-1.10x in three runs.
+    rounds: int = 2
 
     def model_overrides(self, model_path: str | None) -> list[str]:
         """Hydra overrides that train the model in folder `model_path` instead of the experiment's (none for None)."""
@@ -228,8 +230,6 @@ JOBS = {
         model_label="MiniLM-L6",
         model_folder=minilm_path,
         overrides=("benchmark.max_eval_samples=8",),  # evaluation is not timed: keep it short
-        # Rows a few percent apart, each a minute long, on a machine whose speed drifts by as much between minutes.
-        rounds=2,
     ),
     "commonsense": Job(
         "commonsense",
@@ -253,7 +253,6 @@ JOBS = {
         # batches; evaluation is not timed: one generated answer per task.
         overrides=("benchmark.cutoff_len=256", "benchmark.max_eval_samples=1", "benchmark.max_new_tokens=2"),
         replaces_model=("model.gguf_file=null",),  # the profile's model is a GGUF file in its folder
-        rounds=2,  # one round measured LoRA at 0.89x the peer after 1.05-1.10x in three runs: drift between rows
     ),
 }
 
@@ -399,7 +398,7 @@ def markdown(jobs: Sequence[dict[str, Any]]) -> str:
             lines.append(job["status"])
             continue
         peer = next((row["samples_per_second"] for row in job["rows"] if row["key"] == "peft_lora"), None)
-        rounds = job.get("rounds", 1)
+        rounds = job["rounds"]
         in_rounds = (
             f" in each of {rounds} rounds (the rows' order reversed every other round; samples/s over all rounds)"
             if rounds > 1
